@@ -1,1 +1,32 @@
-"""jwtgate.modules"""
+"""jwtgate's modules, in the order their handlers run within a phase.
+
+Adding a feature means adding a module here: a new file in this package and its row in
+``MODULES``. Nothing registers itself on import.
+"""
+
+from __future__ import annotations
+
+from jwtgate.modules.auth_jwt import AuthJwtModule
+from jwtgate.modules.base import Module
+from jwtgate.modules.core import CoreModule
+from jwtgate.modules.limit_req import LimitReqModule
+from jwtgate.modules.log import LogModule
+from jwtgate.modules.map import MapModule
+from jwtgate.modules.proxy import ProxyModule
+
+__all__ = ["MODULES", "Module", "default_modules"]
+
+#: Module classes, in order.
+MODULES: tuple[type[Module], ...] = (
+    CoreModule,
+    MapModule,
+    LimitReqModule,
+    AuthJwtModule,
+    ProxyModule,
+    LogModule,
+)
+
+
+def default_modules() -> list[Module]:
+    """Fresh instances of every module in :data:`MODULES` (one set per configuration load)."""
+    return [cls() for cls in MODULES]

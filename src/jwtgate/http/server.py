@@ -1,0 +1,559 @@
+"""The client-side HTTP/1.1 protocol on asyncio, framed by httptools (llhttp).
+
+One :class:`HttpProtocol` per client connection. It parses request heads, hands each request
+to the gateway's handler as a :class:`~jwtgate.runtime.context.RequestContext`, streams the
+request body with backpressure (:class:`RequestBody`) and writes the response through
+:class:`Responder`. Requests on one connection are answered in order (pipelining); a framing
+error answers 400 and closes, so nothing after a malformed message is ever interpreted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httptools
+
+from jwtgate.errors import HTTPError
+from jwtgate.http.uri import normalize_path, split_target
+from jwtgate.http.writer import chunk, error_body, http_date, status_line
+from jwtgate.runtime.context import ConnectionInfo, RequestContext
+
+__all__ = ["HttpLimits", "HttpProtocol", "RequestBody", "Responder"]
+
+log = logging.getLogger("jwtgate.http")
+
+#: Pause reading the client when this many body bytes wait unread; resume below the low mark.
+BODY_HIGH_WATER = 256 * 1024
+BODY_LOW_WATER = 64 * 1024
+
+
+class HttpLimits:
+    """Client-side limits, with NGINX's directive names and defaults.
+
+    Attributes:
+        client_header_timeout: seconds to receive a whole request head (60).
+        keepalive_timeout: seconds an idle keep-alive connection stays open (75).
+        keepalive_requests: requests served on one connection before it is closed (1000).
+        large_client_header_buffers: longest request line and header line, bytes (8 KiB).
+        max_header_bytes: the whole head, bytes (32 KiB: NGINX's ``4 8k``).
+        max_headers: most header fields in one request (100).
+        client_max_body_size: largest request body, bytes; 0 for no limit (1 MiB).
+        discard_body_limit: most unread body bytes drained to keep a connection alive (1 MiB).
+    """
+
+    __slots__ = ("client_header_timeout", "keepalive_timeout", "keepalive_requests",
+                 "large_client_header_buffers", "max_header_bytes", "max_headers",
+                 "client_max_body_size", "discard_body_limit")
+
+    def __init__(self) -> None:
+        self.client_header_timeout = 60.0
+        self.keepalive_timeout = 75.0
+        self.keepalive_requests = 1000
+        self.large_client_header_buffers = 8 * 1024
+        self.max_header_bytes = 32 * 1024
+        self.max_headers = 100
+        self.client_max_body_size = 1024 * 1024
+        self.discard_body_limit = 1024 * 1024
+
+
+class RequestBody:
+    """A request body streamed from the client to its reader (the proxy), with backpressure.
+
+    Attributes:
+        length: the ``Content-Length``, or ``None`` when chunked.
+        chunked: whether the client sent ``Transfer-Encoding: chunked``.
+        complete: the whole body has arrived.
+        received: body bytes received so far.
+    """
+
+    __slots__ = ("length", "chunked", "complete", "received", "_chunks", "_buffered", "_waiter",
+                 "_proto", "discard", "error")
+
+    def __init__(self, proto: HttpProtocol, length: int | None, chunked: bool) -> None:
+        self.length = length
+        self.chunked = chunked
+        self.complete = not chunked and not length
+        self.received = 0
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._proto = proto
+        self.discard = False
+        self.error: Exception | None = None
+
+    @property
+    def present(self) -> bool:
+        """Whether the request has a body at all."""
+        return self.chunked or bool(self.length)
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.discard:
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > BODY_HIGH_WATER:
+            self._proto.pause_reading("body")
+        self._wake()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def abort(self, exc: Exception) -> None:
+        self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def read(self) -> bytes:
+        """The next chunk of body bytes; ``b""`` once the body is complete.
+
+        Raises:
+            HTTPError: 400 when the client closed the connection before the body ended.
+        """
+        while not self._chunks:
+            if self.complete:
+                return b""
+            if self.error is not None:
+                raise HTTPError(400, "client closed the connection during the body")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+        data = self._chunks.popleft()
+        self._buffered -= len(data)
+        if self._buffered < BODY_LOW_WATER:
+            self._proto.resume_reading("body")
+        return data
+
+    def start_discarding(self) -> None:
+        """Drop what is buffered and whatever still arrives (NGINX discards unread bodies)."""
+        self.discard = True
+        self._chunks.clear()
+        self._buffered = 0
+        self._proto.resume_reading("body")
+
+
+class Responder:
+    """Writes one response to the client: head, body (framed), end.
+
+    Chooses the framing: ``Content-Length`` when the length is known, chunked for HTTP/1.1
+    otherwise, and closing the connection for HTTP/1.0 without a length. ``HEAD`` responses
+    get the head only.
+    """
+
+    __slots__ = ("_proto", "ctx", "started", "finished", "_chunked", "head_only", "keep_alive",
+                 "_remaining")
+
+    def __init__(self, proto: HttpProtocol, ctx: RequestContext, keep_alive: bool) -> None:
+        self._proto = proto
+        self.ctx = ctx
+        self.started = False
+        self.finished = False
+        self._chunked = False
+        self.head_only = ctx.method == "HEAD"
+        self.keep_alive = keep_alive
+        self._remaining: int | None = None
+
+    def start(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None) -> None:
+        """Write the status line and headers.
+
+        Args:
+            status: the status code.
+            headers: fields to send, already validated and without framing or ``Connection``
+                fields (bytes pairs).
+            length: the body length in bytes, or ``None`` when unknown.
+        """
+        ctx = self.ctx
+        ctx.status = status
+        self.started = True
+        no_body = status < 200 or status in (204, 304)
+        parts = [status_line(status, "1.1"), b"Server: jwtgate\r\nDate: ", http_date(), b"\r\n"]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        if no_body:
+            self._remaining = 0
+        elif length is not None:
+            parts += (b"Content-Length: ", str(length).encode(), b"\r\n")
+            self._remaining = length
+        elif ctx.version == "1.1":
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+            self._chunked = not self.head_only
+        else:
+            self.keep_alive = False
+        if not self.keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif ctx.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        ctx.bytes_sent += len(head)
+        self._proto.write(head)
+
+    def write(self, data: bytes) -> None:
+        """Send body bytes (ignored for ``HEAD``)."""
+        if self.head_only or not data:
+            return
+        self.ctx.body_bytes_sent += len(data)
+        self.ctx.bytes_sent += len(data)
+        self._proto.write(chunk(data) if self._chunked else data)
+
+    def end(self) -> None:
+        """Finish the body (the last chunk when chunked)."""
+        if self.finished:
+            return
+        self.finished = True
+        if self._chunked:
+            self._proto.write(b"0\r\n\r\n")
+
+    @property
+    def writing_paused(self) -> bool:
+        """Whether the client's socket buffer is full (stop producing until resumed)."""
+        return self._proto.writing_paused
+
+    def on_writable(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        """Register callbacks for the client socket's pause/resume (None to clear)."""
+        self._proto.flow_listener = (pause, resume)
+
+    def clear_writable(self) -> None:
+        self._proto.flow_listener = None
+
+    async def drain(self) -> None:
+        """Wait until the client socket accepts more data."""
+        await self._proto.drain()
+
+    def send(self, status: int, headers: list[tuple[bytes, bytes]] | None = None,
+             body: bytes | None = None, content_type: bytes = b"text/html") -> None:
+        """A whole small response at once; an error page when ``body`` is ``None`` and status >= 400."""
+        if body is None:
+            body = error_body(status) if status >= 400 else b""
+        hdrs = list(headers or ())
+        if body:
+            hdrs.append((b"Content-Type", content_type))
+        self.start(status, hdrs, len(body))
+        self.write(body)
+        self.end()
+
+
+Handler = Callable[[RequestContext], Awaitable[None]]
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection.
+
+    Args:
+        handler: ``await handler(ctx)`` produces the response through ``ctx.responder``.
+        limits: the :class:`HttpLimits` of the listening socket.
+        counter: a one-element list, the process's connection counter (``$connection``).
+        https: whether the socket is TLS.
+    """
+
+    def __init__(self, handler: Handler, limits: HttpLimits, counter: list[int], https: bool = False,
+                 on_close: Callable[[HttpProtocol], None] | None = None) -> None:
+        self._handler = handler
+        self._limits = limits
+        self._counter = counter
+        self._https = https
+        self._on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.conn: ConnectionInfo | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[tuple[RequestContext | None, HTTPError | None, bool]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._current_body: RequestBody | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._paused: set[str] = set()
+        self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.writing_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.flow_listener: tuple[Callable[[], None], Callable[[], None]] | None = None
+        self._bad = False
+        self.active = False
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        self._counter[0] += 1
+        self.conn = ConnectionInfo((str(peer[0]), int(peer[1]) if len(peer) > 1 else 0),
+                                   (str(local[0]), int(local[1]) if len(local) > 1 else 0),
+                                   self._counter[0], self._https)
+        self._set_timer(self._limits.client_header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._cancel_timer()
+        if self._current_body is not None and not self._current_body.complete:
+            self._current_body.abort(ConnectionError("client closed"))
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_exception(ConnectionError("client closed"))
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def close(self) -> None:
+        """Close the connection once what is written is flushed."""
+        self._closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def shutdown_idle(self) -> None:
+        """Close now if no request is in progress (graceful stop and reload)."""
+        if self._task is None and not self._queue:
+            self.close()
+        else:
+            self._closing = True
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _set_timer(self, seconds: float) -> None:
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(seconds, self._on_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self._task is None:
+            self.close()
+
+    # -- flow control ---------------------------------------------------------------------
+
+    def pause_reading(self, reason: str) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused and self.transport is not None and not self._closing:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self.flow_listener is not None:
+            self.flow_listener[0]()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.flow_listener is not None:
+            self.flow_listener[1]()
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def drain(self) -> None:
+        if self.writing_paused:
+            if self._closing and (self.transport is None or self.transport.is_closing()):
+                raise ConnectionError("client closed")
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # -- parsing --------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._bad:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The head was parsed; what follows is not HTTP. Tunnelling is not supported,
+            # so the request is answered and the connection closed after it.
+            self._bad = True
+            self.pause_reading("upgrade")
+        except httptools.HttpParserError as e:
+            # Our callbacks' own refusals (414, 431, 413...) arrive wrapped by httptools.
+            cause = e.__context__
+            if isinstance(cause, HTTPError):
+                self._reject(cause)
+            else:
+                if cause is not None:
+                    log.error("request parsing failed: %r", cause)
+                self._reject(HTTPError(400, f"malformed request: {e}"))
+
+    def _reject(self, err: HTTPError) -> None:
+        """A framing error: answer it in turn, then close; parse nothing more."""
+        self._bad = True
+        self.pause_reading("error")
+        if self._current_body is not None and not self._current_body.complete:
+            self._current_body.abort(ConnectionError("malformed body"))
+        self._queue.append((None, err, False))
+        self._next()
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        if self._task is not None:
+            # A pipelined request: parse what was read, read no more until we catch up.
+            self.pause_reading("pipeline")
+        self._set_timer(self._limits.client_header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.large_client_header_buffers:
+            raise HTTPError(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self._limits
+        size = len(name) + len(value) + 4
+        self._head_bytes += size
+        if size > limits.large_client_header_buffers or self._head_bytes > limits.max_header_bytes:
+            raise HTTPError(431, "request header too large")
+        if len(self._headers) >= limits.max_headers:
+            raise HTTPError(431, "too many request header fields")
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._cancel_timer()
+        parser = self._parser
+        assert self.conn is not None
+        ctx, body = self._make_context(parser)
+        keep_alive = parser.should_keep_alive() and not self._bad
+        self._current_body = body
+        self._queue.append((ctx, None, keep_alive))
+        self._next()
+
+    def _make_context(self, parser: Any) -> tuple[RequestContext, RequestBody]:
+        method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise HTTPError(505, "HTTP version not supported")
+        target = self._url.decode("latin-1")
+        host, path, query = split_target(target)
+        if path == "*" and method != "OPTIONS":
+            raise HTTPError(400, "asterisk-form outside OPTIONS")
+        uri = normalize_path(path) if path != "*" else "*"
+        headers: list[tuple[bytes, bytes]] = []
+        http: dict[str, str] = {}
+        content_length: int | None = None
+        chunked = False
+        for name, value in self._headers:
+            if b"_" in name:
+                # NGINX's ignore_invalid_headers: a name with "_" could alias a header the
+                # gateway sets (API_Client for API-Client in CGI-style upstreams).
+                continue
+            key = name.decode("latin-1").lower().replace("-", "_")
+            sval = value.decode("latin-1")
+            if key == "content_length":
+                if content_length is not None or not value.isdigit():
+                    raise HTTPError(400, "invalid Content-Length")
+                content_length = int(value)
+            elif key == "transfer_encoding":
+                if chunked or value.strip().lower() != b"chunked":
+                    raise HTTPError(501, "unsupported Transfer-Encoding")
+                chunked = True
+            old = http.get(key)
+            if old is None:
+                http[key] = sval
+            elif key == "cookie":
+                http[key] = old + "; " + sval
+            headers.append((name, value))
+        if chunked and content_length is not None:
+            raise HTTPError(400, "both Content-Length and Transfer-Encoding")
+        if host:
+            http["host"] = host
+        elif version == "1.1" and "host" not in http:
+            raise HTTPError(400, "missing Host header")
+        limit = self._limits.client_max_body_size
+        if limit and content_length is not None and content_length > limit:
+            raise HTTPError(413, "request body too large")
+        ctx = RequestContext(self.conn, method, target, uri, query, version, headers, http)  # type: ignore[arg-type]
+        ctx.request_length = self._head_bytes + len(self._url)
+        body = RequestBody(self, content_length, chunked)
+        ctx.body = body
+        return ctx, body
+
+    def on_body(self, data: bytes) -> None:
+        body = self._current_body
+        if body is None:
+            return
+        body.feed(data)
+        limit = self._limits.client_max_body_size
+        if limit and body.received > limit:
+            raise HTTPError(413, "request body too large")
+
+    def on_message_complete(self) -> None:
+        if self._current_body is not None:
+            self._current_body.finish()
+            self._current_body = None
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        if self._task is not None or not self._queue or self.transport is None:
+            return
+        ctx, err, keep_alive = self._queue.popleft()
+        self.active = True
+        self._task = asyncio.get_running_loop().create_task(self._run(ctx, err, keep_alive))
+
+    async def _run(self, ctx: RequestContext | None, err: HTTPError | None, keep_alive: bool) -> None:
+        limits = self._limits
+        try:
+            if ctx is None:
+                assert err is not None
+                self._answer_error(err)
+                return
+            conn = ctx.conn
+            conn.requests += 1
+            if conn.requests >= limits.keepalive_requests or self._closing:
+                keep_alive = False
+            responder = Responder(self, ctx, keep_alive)
+            ctx.responder = responder
+            await self._handler(ctx)
+            keep_alive = responder.keep_alive and responder.finished
+            body = ctx.body
+            if not body.complete:
+                pending = (body.length or 0) - body.received
+                if body.chunked or pending > limits.discard_body_limit or not keep_alive:
+                    keep_alive = False
+                else:
+                    body.start_discarding()
+            if not keep_alive:
+                self.close()
+        except asyncio.CancelledError:
+            self.close()
+            return
+        finally:
+            self._task = None
+            self.active = False
+        if self._closing:
+            self.close()
+            return
+        self.resume_reading("pipeline")
+        if self._queue:
+            self._next()
+        else:
+            self._set_timer(limits.keepalive_timeout)
+
+    def _answer_error(self, err: HTTPError) -> None:
+        """Answer a request that could not be parsed, then close (NGINX closes after 400)."""
+        log.info("client %s: %s", self.conn.remote_addr if self.conn else "?", err.reason)
+        assert self.conn is not None
+        ctx = RequestContext(self.conn, "GET", "", "/", "", "1.1", [], {})
+        responder = Responder(self, ctx, keep_alive=False)
+        responder.send(err.status)
+        self.close()

@@ -1,0 +1,87 @@
+"""What a module is: its directives, its variables and what it adds to each location's phases.
+
+As in NGINX, a feature is a module. The core lists modules explicitly (``MODULES`` in
+``jwtgate.modules``); nothing registers itself on import.
+
+Phases, in the order a request runs them (NGINX's ``NGX_HTTP_*_PHASE``):
+
+``REWRITE``     ``return`` (before authentication, as NGINX's rewrite phase)
+``PREACCESS``   limits that need no identity (``limit_req`` keyed on the address)
+``ACCESS``      authentication (``auth_jwt``) and its ``auth_jwt_require`` rules
+``POSTACCESS``  limits keyed on verified identity (``limit_req`` keyed on ``$jwt_*``)
+``CONTENT``     the response: ``proxy_pass`` or ``return``
+``LOG``         ``access_log``
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from jwtgate.conf.spec import DirectiveSpec
+
+if TYPE_CHECKING:
+    from jwtgate.conf.compiler import Build, Level
+    from jwtgate.conf.tree import Directive
+
+__all__ = ["DONE", "Phase", "AccessHandler", "ContentHandler", "LogHandler", "Module"]
+
+
+#: Returned by a handler that has already sent the whole response.
+DONE = -1
+
+
+class Phase(enum.IntEnum):
+    """Request phases in execution order."""
+
+    REWRITE = 0
+    PREACCESS = 1
+    ACCESS = 2
+    POSTACCESS = 3
+    CONTENT = 4
+    LOG = 5
+
+
+#: An access-type handler: ``await h(ctx)`` returns ``None`` to go on, a status code to
+#: finish the request with (headers for that answer are put on ``ctx.response_headers``),
+#: or :data:`DONE` when it has answered the request itself.
+AccessHandler = Callable[[Any], Awaitable[int | None]]
+#: The content handler: produces the whole response through ``ctx.responder``.
+ContentHandler = Callable[[Any], Awaitable[None]]
+#: A log handler: called once per request after the response is sent; must not block.
+LogHandler = Callable[[Any], None]
+
+
+class Module:
+    """Base class of every module. Subclasses set ``name`` and ``directives``.
+
+    The compiler calls, in this order: :meth:`declare` once; :meth:`predeclare` for each of
+    the module's directives (to declare names other directives may use before their
+    definition, as ``map`` variables); :meth:`parse` for each directive; :meth:`finish` once;
+    :meth:`handlers` for each location.
+    """
+
+    name: str = ""
+    directives: tuple[DirectiveSpec, ...] = ()
+
+    def declare(self, build: Build) -> None:
+        """Register the module's variables in ``build.variables``."""
+
+    def predeclare(self, build: Build, level: Level, d: Directive) -> None:
+        """First pass over the module's directives, before any value is compiled."""
+
+    def parse(self, build: Build, level: Level, d: Directive, spec: DirectiveSpec) -> Any:
+        """Check and convert one directive; the result is stored on ``level`` under its name.
+
+        Raises:
+            ConfigError: located at the directive, for a bad argument.
+        """
+        return d.args
+
+    def finish(self, build: Build) -> None:
+        """After every directive is parsed: build shared objects (upstream groups, zones)."""
+
+    def handlers(self, build: Build, loc: Level) -> dict[Phase, list[Any]]:
+        """The handlers this module adds to location ``loc``, by phase."""
+        return {}

@@ -1,0 +1,216 @@
+"""The running gateway: listening sockets, the current Plan, signals, reload and shutdown.
+
+One process, one event loop (uvloop when available). Signals follow NGINX: ``HUP``
+reloads (the new configuration is compiled first; if it fails, the error is logged and the
+old one keeps serving), ``QUIT`` stops gracefully (in-flight requests finish), ``TERM`` and
+``INT`` stop fast, ``USR1`` reopens the access logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+from jwtgate.conf.plan import Plan, compile_plan
+from jwtgate.errors import ConfigError, JwtgateError
+from jwtgate.http.server import HttpProtocol
+from jwtgate.observability.errorlog import setup_error_log
+from jwtgate.runtime.phases import Dispatcher
+
+__all__ = ["Gateway", "BindError", "run"]
+
+log = logging.getLogger("jwtgate")
+
+#: Seconds in-flight requests get to finish on a graceful stop (``worker_shutdown_timeout``).
+SHUTDOWN_TIMEOUT = 10.0
+
+
+class BindError(JwtgateError):
+    """A listening socket could not be bound (``bind() to ADDR failed``)."""
+
+
+class Gateway:
+    """Serves a configuration file until stopped.
+
+    Args:
+        path: the main configuration file.
+        plan: an already compiled Plan for ``path`` (compiled here when ``None``).
+    """
+
+    def __init__(self, path: str, plan: Plan | None = None) -> None:
+        self.path = path
+        self.plan = plan if plan is not None else compile_plan(path)
+        self.dispatcher = Dispatcher(lambda: self.plan)
+        self.connections: set[HttpProtocol] = set()
+        self._servers: dict[tuple[str, int], asyncio.AbstractServer] = {}
+        self._counter = [0]
+        self._stopped: asyncio.Future[None] | None = None
+        self._old_plans: list[Plan] = []
+
+    def __repr__(self) -> str:
+        return f"<Gateway {self.path} listening={list(self._servers)} connections={len(self.connections)}>"
+
+    # -- sockets ----------------------------------------------------------------------
+
+    def _factory(self, addr: tuple[str, int]) -> Any:
+        def make() -> HttpProtocol:
+            proto = HttpProtocol(self.dispatcher, self.plan.limits.get(addr) or next(iter(self.plan.limits.values())),
+                                 self._counter, on_close=self.connections.discard)
+            self.connections.add(proto)
+            return proto
+        return make
+
+    async def _listen(self, addr: tuple[str, int]) -> None:
+        host, port = addr
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(511)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            raise BindError(f"bind() to {host}:{port} failed ({e.errno}: {e.strerror})") from None
+        loop = asyncio.get_running_loop()
+        self._servers[addr] = await loop.create_server(self._factory(addr), sock=sock)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the access logs and bind every listening address of the plan.
+
+        Raises:
+            BindError: an address is in use or not available.
+            OSError: an access log cannot be opened.
+        """
+        self._open_logs(self.plan)
+        for addr in self.plan.binds:
+            await self._listen(addr)
+        for addr in self.plan.binds:
+            log.info("listening on %s:%d", *addr)
+
+    @staticmethod
+    def _open_logs(plan: Plan) -> None:
+        for access_log in plan.access_logs:
+            access_log.open()
+
+    async def reload(self) -> bool:
+        """Compile the configuration again and switch to it if it is valid.
+
+        Returns:
+            Whether the new configuration is now in force.
+        """
+        try:
+            new = compile_plan(self.path)
+            self._open_logs(new)
+        except (ConfigError, OSError) as e:
+            log.error("reload failed, the old configuration stays in force: %s", e)
+            return False
+        old = self.plan
+        try:
+            for addr in new.binds:
+                if addr not in self._servers:
+                    await self._listen(addr)
+        except BindError as e:
+            log.error("reload failed, the old configuration stays in force: %s", e)
+            return False
+        self.plan = new
+        for addr in list(self._servers):
+            if addr not in new.binds:
+                self._servers.pop(addr).close()
+        setup_error_log(*new.error_log)
+        # Requests in flight still hold the old plan; its pools and logs close once idle.
+        asyncio.get_running_loop().call_later(SHUTDOWN_TIMEOUT, self._retire, old)
+        log.info("configuration reloaded")
+        return True
+
+    @staticmethod
+    def _retire(plan: Plan) -> None:
+        for pool in plan.pools:
+            pool.close_all()
+        for access_log in plan.access_logs:
+            access_log.close()
+
+    def reopen_logs(self) -> None:
+        """Reopen access-log files (after log rotation, ``SIGUSR1``)."""
+        for access_log in self.plan.access_logs:
+            access_log.flush()
+            try:
+                access_log.open()
+            except OSError as e:
+                log.error('reopening "%s" failed (%s)', access_log.path, e.strerror)
+
+    async def stop(self, graceful: bool) -> None:
+        """Stop listening, let in-flight requests finish (when ``graceful``), close everything."""
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
+        for conn in list(self.connections):
+            if graceful:
+                conn.shutdown_idle()
+            else:
+                conn.close()
+        if graceful:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + SHUTDOWN_TIMEOUT
+            while any(c.active for c in self.connections) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        self._retire(self.plan)
+
+    async def serve(self) -> None:
+        """Start, then serve until a stop signal; handles HUP, QUIT, TERM, INT, USR1."""
+        loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
+        await self.start()
+        mode: dict[str, bool] = {"graceful": False}
+
+        def stop(graceful: bool) -> None:
+            mode["graceful"] = graceful
+            if self._stopped is not None and not self._stopped.done():
+                self._stopped.set_result(None)
+
+        loop.add_signal_handler(signal.SIGTERM, stop, False)
+        loop.add_signal_handler(signal.SIGINT, stop, False)
+        loop.add_signal_handler(signal.SIGQUIT, stop, True)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        pid_path = self.plan.pid
+        if pid_path:
+            with open(pid_path, "w", encoding="ascii") as f:
+                f.write(f"{os.getpid()}\n")
+        try:
+            await self._stopped
+        finally:
+            log.info("stopping (%s)", "graceful" if mode["graceful"] else "fast")
+            await self.stop(mode["graceful"])
+            if pid_path:
+                try:
+                    os.unlink(pid_path)
+                except OSError:
+                    pass
+
+
+def run(path: str, plan: Plan | None = None) -> None:
+    """Run the gateway for ``path`` in the foreground until a stop signal.
+
+    Raises:
+        ConfigError: the configuration is invalid.
+        BindError: a listening address cannot be bound.
+    """
+    gateway = Gateway(path, plan)
+    setup_error_log(*gateway.plan.error_log)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        asyncio.run(gateway.serve())
+    else:
+        uvloop.run(gateway.serve())

@@ -1,0 +1,272 @@
+"""The upstream side of a proxied request: one HTTP/1.1 connection, framed by httptools.
+
+An :class:`UpstreamConnection` carries one :class:`Exchange` at a time. The response head is
+handed synchronously to the exchange's ``on_head`` callback (which starts the client's
+response) and body bytes go straight to the client's writer as they arrive; when the
+client's socket is full, reading from the upstream pauses, so a response of any size passes
+with flat memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import httptools
+
+from jwtgate.errors import UpstreamError
+
+__all__ = ["Sink", "Exchange", "UpstreamConnection"]
+
+
+class Sink(Protocol):
+    """Where a response body goes (the client's :class:`~jwtgate.http.server.Responder`)."""
+
+    writing_paused: bool
+
+    def write(self, data: bytes) -> None: ...
+    def end(self) -> None: ...
+    def on_writable(self, pause: Callable[[], None], resume: Callable[[], None]) -> None: ...
+    def clear_writable(self) -> None: ...
+
+
+#: ``on_head(status, headers, content_length) -> sink``: start the client response.
+HeadCallback = Callable[[int, list[tuple[bytes, bytes]], "int | None"], Sink]
+
+
+class Exchange:
+    """One request/response on an upstream connection.
+
+    Args:
+        on_head: called once with the final response head; returns the body sink.
+        head_only: the request was ``HEAD``: the response has no body whatever it says.
+        read_timeout: seconds allowed between two reads from the upstream
+            (``proxy_read_timeout``).
+
+    Attributes:
+        done: resolves to ``None`` when the response is complete, or raises
+            :class:`UpstreamError`.
+        status: the response status, 0 before the head.
+        head_seen: the head was handed to ``on_head`` (the client response has started).
+        received: bytes read from the upstream for this exchange.
+        keep_alive: the upstream allows reusing the connection.
+    """
+
+    __slots__ = ("on_head", "head_only", "read_timeout", "done", "status", "headers", "head_seen",
+                 "received", "keep_alive", "sink", "complete", "length", "chunked", "last_read")
+
+    def __init__(self, on_head: HeadCallback, head_only: bool, read_timeout: float) -> None:
+        self.on_head = on_head
+        self.head_only = head_only
+        self.read_timeout = read_timeout
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_seen = False
+        self.received = 0
+        self.keep_alive = False
+        self.sink: Sink | None = None
+        self.complete = False
+        self.length: int | None = None
+        self.chunked = False
+        self.last_read = time.monotonic()
+
+    def fail(self, err: UpstreamError) -> None:
+        if not self.done.done():
+            self.done.set_exception(err)
+
+    def finish(self) -> None:
+        self.complete = True
+        if self.sink is not None:
+            self.sink.clear_writable()
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A keep-alive connection to one upstream peer.
+
+    Args:
+        peer: the :class:`~jwtgate.upstream.balancer.Peer` it is connected to.
+    """
+
+    def __init__(self, peer: Any) -> None:
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.requests = 0
+        self.exchange: Exchange | None = None
+        self._parser: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self.idle_since = 0.0
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("busy" if self.exchange else "idle")
+        return f"<UpstreamConnection {self.peer.address} {state} requests={self.requests}>"
+
+    # -- asyncio ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        ex = self.exchange
+        if ex is not None and not ex.complete:
+            if ex.head_seen and ex.length is None and not ex.chunked and not ex.head_only:
+                ex.finish()  # a body delimited by the connection's end (RFC 9112 §6.3 item 8)
+            else:
+                ex.fail(UpstreamError(502, "upstream prematurely closed connection"))
+        w = self._drain
+        if w is not None and not w.done():
+            w.set_exception(UpstreamError(502, "upstream closed connection while sending"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        w = self._drain
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- one exchange ---------------------------------------------------------------------
+
+    def begin(self, exchange: Exchange) -> None:
+        """Start ``exchange`` on this connection (before the request is written)."""
+        self.exchange = exchange
+        self.requests += 1
+        self._parser = httptools.HttpResponseParser(self)
+        exchange.last_read = time.monotonic()
+        self._timer = asyncio.get_running_loop().call_later(exchange.read_timeout, self._check_timeout)
+
+    def end(self) -> None:
+        """Detach the finished exchange (the connection may then go back to the pool)."""
+        self._cancel_timer()
+        self.exchange = None
+        self._parser = None
+
+    def write(self, data: bytes) -> None:
+        """Send request bytes."""
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the upstream socket accepts more request bytes."""
+        if self._write_paused and not self.closed:
+            self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+
+    def close(self) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent data (a failed or cancelled exchange)."""
+        self.closed = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_timeout(self) -> None:
+        ex = self.exchange
+        self._timer = None
+        if ex is None or ex.complete:
+            return
+        idle = time.monotonic() - ex.last_read
+        if idle >= ex.read_timeout:
+            if not ex.head_seen:
+                ex.fail(UpstreamError(504, "upstream timed out while reading response header"))
+            else:
+                ex.fail(UpstreamError(504, "upstream timed out while reading response body"))
+            self.abort()
+            return
+        self._timer = asyncio.get_running_loop().call_later(ex.read_timeout - idle, self._check_timeout)
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None or self._parser is None:
+            # Bytes from an idle upstream connection: it is out of step; never reuse it.
+            self.abort()
+            return
+        ex.last_read = time.monotonic()
+        ex.received += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            ex.fail(UpstreamError(502, "upstream switched protocols"))
+            self.abort()
+        except httptools.HttpParserError as e:
+            ex.fail(UpstreamError(502, f"upstream sent an invalid response: {e}"))
+            self.abort()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.exchange
+        assert ex is not None
+        if len(ex.headers) >= 200:
+            raise UpstreamError(502, "upstream sent too many header fields")
+        ex.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        assert ex is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # Interim responses (100 Continue, 103) are not forwarded; the final one follows.
+            ex.headers = []
+            return
+        ex.status = status
+        for name, value in ex.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                if not value.isdigit():
+                    raise UpstreamError(502, "upstream sent an invalid Content-Length")
+                ex.length = int(value)
+            elif lname == b"transfer-encoding":
+                ex.chunked = b"chunked" in value.lower()
+        if ex.chunked:
+            ex.length = None
+        ex.keep_alive = self._parser.should_keep_alive()
+        ex.head_seen = True
+        sink = ex.on_head(status, ex.headers, 0 if (ex.head_only or status in (204, 304)) else ex.length)
+        ex.sink = sink
+        sink.on_writable(self._pause_reading, self._resume_reading)
+        if sink.writing_paused:
+            self._pause_reading()
+        if ex.head_only:
+            ex.finish()
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None or ex.complete or ex.sink is None:
+            return
+        ex.sink.write(data)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is None or not ex.head_seen:
+            return  # the end of an interim 1xx response
+        if not ex.complete:
+            ex.finish()
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
