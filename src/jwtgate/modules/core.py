@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from jwtgate.conf.regex import compile_pcre
 from jwtgate.conf.spec import HSL, Ctx, DirectiveSpec, Inherit
 from jwtgate.conf.values import parse_flag, parse_size, parse_time
 from jwtgate.modules.base import Module, Phase
@@ -158,7 +159,7 @@ def parse_location(build: Any, d: Any) -> LocationMatch:
     regex = None
     if kind in ("~", "~*"):
         try:
-            regex = re.compile(pattern, re.IGNORECASE if kind == "~*" else 0)
+            regex = compile_pcre(pattern, kind == "~*")
         except re.error as e:
             raise build.error(f'pcre2_compile() failed: {e} in "{pattern}"', d) from None
     return LocationMatch(kind, pattern, regex)
@@ -219,7 +220,13 @@ class CoreModule(Module):
         if name == "listen":
             return parse_listen(build, d)
         if name == "server_name":
-            return tuple(a.lower() for a in d.args)
+            for arg in d.args:
+                if arg.startswith("~"):
+                    try:
+                        compile_pcre(arg[1:], True)
+                    except re.error as e:
+                        raise build.error(f'pcre2_compile() failed: {e} in "{arg[1:]}"', d) from None
+            return tuple(a if a.startswith("~") else a.lower() for a in d.args)
         if name == "location":
             level.location = parse_location(build, d)
             if level.parent.ctx is Ctx.LOCATION and level.parent.location.kind == "=":

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from jwtgate.conf.regex import compile_pcre
 from jwtgate.conf.spec import Ctx, DirectiveSpec, Inherit
 from jwtgate.modules.base import Module
 from jwtgate.vars.complex import variable_names
@@ -121,12 +122,12 @@ class MapModule(Module):
                     raise build.error('duplicate default map parameter', entry)
                 table.default = value
             elif key.startswith("~") and len(key) > 1:
-                flags = 0
                 pattern = key[1:]
-                if pattern.startswith("*"):
-                    flags, pattern = re.IGNORECASE, pattern[1:]
+                nocase = pattern.startswith("*")
+                if nocase:
+                    pattern = pattern[1:]
                 try:
-                    table.regexes.append((re.compile(pattern, flags), value))
+                    table.regexes.append((compile_pcre(pattern, nocase), value))
                 except re.error as e:
                     raise build.error(f'pcre2_compile() failed: {e} in "{pattern}"', entry) from None
             elif table.hostnames and key.startswith("*."):

@@ -14,6 +14,8 @@ match wins; otherwise the remembered prefix.
 from __future__ import annotations
 
 import re
+
+from jwtgate.conf.regex import compile_pcre
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,7 +99,7 @@ class ServerSelector:
         for server in servers:
             for name in server.names:
                 if name.startswith("~"):
-                    self.regexes.append((re.compile(name[1:], re.IGNORECASE), server))
+                    self.regexes.append((compile_pcre(name[1:], ignore_case=True), server))
                 elif name.startswith("*."):
                     self.head.append((name[1:], server))
                 elif name.startswith("."):
