@@ -161,7 +161,8 @@ def _plan(build: Build, path: str) -> Plan:
     plan = Plan(
         path=path, binds=binds, selectors=selectors, limits=limits, servers=servers,
         worker_processes=main["worker_processes"][0] if "worker_processes" in main else 1,
-        error_log=main["error_log"][0] if "error_log" in main else ("stderr", "error"),
+        error_log=(main["error_log"][0] if "error_log" in main
+                   else build.http.get("error_log", ("stderr", "error")) if build.http else ("stderr", "error")),
         pid=build.path(main["pid"][0][0]) if "pid" in main else None,
         warnings=list(build.warnings),
         pools=build.shared["proxy"]["pools"](),

@@ -71,7 +71,7 @@ class RequestBody:
     """
 
     __slots__ = ("length", "chunked", "complete", "received", "_chunks", "_buffered", "_waiter",
-                 "_proto", "discard", "error")
+                 "_proto", "discard", "error", "expect_continue")
 
     def __init__(self, proto: HttpProtocol, length: int | None, chunked: bool) -> None:
         self.length = length
@@ -84,6 +84,8 @@ class RequestBody:
         self._proto = proto
         self.discard = False
         self.error: Exception | None = None
+        #: the client sent ``Expect: 100-continue`` and waits for it before the body
+        self.expect_continue = False
 
     @property
     def present(self) -> bool:
@@ -119,6 +121,12 @@ class RequestBody:
         Raises:
             HTTPError: 400 when the client closed the connection before the body ended.
         """
+        if self.expect_continue:
+            # RFC 9110 §10.1.1: answer 100 only once the body is really wanted, so a request
+            # refused before (401, 413) never makes the client upload it.
+            self.expect_continue = False
+            if not self.complete and not self._chunks:
+                self._proto.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while not self._chunks:
             if self.complete:
                 return b""
@@ -484,6 +492,8 @@ class HttpProtocol(asyncio.Protocol):
         ctx = RequestContext(self.conn, method, target, uri, query, version, headers, http)  # type: ignore[arg-type]
         ctx.request_length = self._head_bytes + len(self._url)
         body = RequestBody(self, content_length, chunked)
+        if version == "1.1" and http.get("expect", "").lower() == "100-continue":
+            body.expect_continue = True
         ctx.body = body
         return ctx, body
 

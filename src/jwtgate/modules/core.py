@@ -36,8 +36,10 @@ DIRECTIVES = (
           "Number of worker processes. jwtgate currently runs one event loop in one process.",
           default="1", nginx_notes="Values above 1 are accepted and reported by `jwtgate check`; "
           "one process serves."),
-    _spec("error_log", Ctx.MAIN | HSL, 1, 2, "error_log file [level];",
-          "Where errors are logged (`stderr` or a file) and from which level.", default="stderr error"),
+    _spec("error_log", Ctx.MAIN | H, 1, 2, "error_log file [level];",
+          "Where errors are logged (`stderr` or a file) and from which level.", default="stderr error",
+          nginx_notes="One error log per process: main context, or http when main has none; "
+                      "server- and location-level error logs are not supported yet."),
     _spec("pid", Ctx.MAIN, 1, 1, "pid file;", "Writes the process ID to a file.", default="none"),
     _spec("user", Ctx.MAIN, 1, 2, "user user [group];", _IGNORED_NOTE),
     _spec("worker_rlimit_nofile", Ctx.MAIN, 1, 1, "worker_rlimit_nofile number;", _IGNORED_NOTE),

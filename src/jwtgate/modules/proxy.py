@@ -75,7 +75,7 @@ DIRECTIVES = (
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus framing the gateway redoes itself.
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-                         b"transfer-encoding", b"upgrade", b"content-length", b"host"})
+                         b"transfer-encoding", b"upgrade", b"content-length", b"host", b"expect"})
 # NGINX's proxy_hide_header defaults; Date and Server are set by the gateway.
 _HIDE_RESPONSE = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                             b"transfer-encoding", b"upgrade", b"content-length", b"date", b"server",
@@ -406,9 +406,10 @@ class ProxyHandler:
             ex = Exchange(on_head, ctx.method == "HEAD", self.read_timeout)
             conn.begin(ex)
             conn.write(head)
+            body_sent = True
             try:
                 if has_body:
-                    await self._send_body(ctx, conn)
+                    body_sent = await self._send_body(ctx, conn, ex)
                 await ex.done
             except UpstreamError as e:
                 conn.abort()
@@ -435,24 +436,42 @@ class ProxyHandler:
                 raise
             ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)
             ctx.upstream_response_time = f"{time.monotonic() - start:.3f}"
-            pool.release(conn, self.keep_alive and ex.keep_alive and ex.complete)
+            pool.release(conn, self.keep_alive and ex.keep_alive and ex.complete and body_sent)
             balancer.succeeded(peer)
             responder.end()
             return
 
-    async def _send_body(self, ctx: Any, conn: Any) -> None:
+    async def _send_body(self, ctx: Any, conn: Any, ex: Exchange) -> bool:
+        """Stream the client's body upstream; ``False`` when the upstream answered first.
+
+        An upstream may answer before the whole body is sent (an early 413 or 401): like
+        NGINX, stop sending and pass that answer on; the connection is then not reused.
+
+        Raises:
+            UpstreamError: the upstream closed the connection without answering.
+        """
         body = ctx.body
         chunked = body.length is None
         while True:
+            if ex.head_seen:
+                return False
             data = await body.read()
+            if ex.head_seen:
+                return False
             if conn.closed:
-                raise UpstreamError(502, "upstream closed connection while sending request body")
+                raise UpstreamError(502, "upstream prematurely closed connection while sending request body")
             if not data:
                 break
             conn.write(chunk(data) if chunked else data)
-            await conn.drain()
+            try:
+                await conn.drain()
+            except UpstreamError:
+                if ex.head_seen:
+                    return False
+                raise
         if chunked:
             conn.write(b"0\r\n\r\n")
+        return True
 
 
 def _append(prev: str, value: str) -> str:

@@ -62,6 +62,8 @@ class Exchange:
         self.head_only = head_only
         self.read_timeout = read_timeout
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The proxy may give up on an exchange (client gone, body failed) before awaiting it.
+        self.done.add_done_callback(_retrieve)
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_seen = False
@@ -83,6 +85,11 @@ class Exchange:
             self.sink.clear_writable()
         if not self.done.done():
             self.done.set_result(None)
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class UpstreamConnection(asyncio.Protocol):
