@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -225,9 +225,14 @@ CHUNKED_BODY = b"".join(CHUNKED_PARTS)
 CLOSE_BODY = pattern(300_000)
 
 
+class _Truncated(Exception):
+    """A request body that ended before its framing said it would."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "recording-upstream/1.0"
+    disable_nagle_algorithm = True  # head and body are separate writes
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -238,17 +243,29 @@ class _Handler(BaseHTTPRequestHandler):
             parts = []
             while True:
                 line = self.rfile.readline(65537)
-                size = int(line.split(b";", 1)[0].strip(), 16)
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise _Truncated(f"bad chunk size line {line[:40]!r}") from None
                 if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass
+                    while True:
+                        trailer = self.rfile.readline(65537)
+                        if not trailer:
+                            raise _Truncated("no end of trailers")
+                        if trailer in (b"\r\n", b"\n"):
+                            break
                     break
-                parts.append(self.rfile.read(size))
-                self.rfile.readline(3)
+                data = self.rfile.read(size)
+                if len(data) != size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                    raise _Truncated("truncated chunk")
+                parts.append(data)
             return b"".join(parts)
         length = self.headers.get("Content-Length")
         if length:
-            return self.rfile.read(int(length))
+            data = self.rfile.read(int(length))
+            if len(data) != int(length):
+                raise _Truncated(f"{len(data)} of {length} body bytes")
+            return data
         return b""
 
     def _send(self, status: int, body: bytes, content_type: str = "application/json",
@@ -264,12 +281,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _handle(self) -> None:
-        body = self._read_body()
+        try:
+            body = self._read_body()
+        except _Truncated as e:
+            # the gateway gave up on this request mid-body: note it, answer nothing
+            self.server.recorder.aborted.append((self.command, self.path, str(e)))
+            self.close_connection = True
+            return
         rec = Recorded(self.command, self.path, list(self.headers.items()), body,
                        self.client_address[1], self.server.server_address[1])
         self.server.recorder.record(rec)
+        # the behaviour is chosen by the first keyword segment of the path, wherever it is:
+        # /big/N, /products/big/N, /v1/chunked ... (anything else: 200 JSON)
         path = urlsplit(self.path).path
-        parts = path.strip("/").split("/")
+        segments = path.strip("/").split("/")
+        parts = [""]
+        for i, seg in enumerate(segments):
+            if seg in ("big", "chunked", "close", "echo", "status"):
+                parts = segments[i:]
+                break
         if parts[0] == "big" and len(parts) > 1 and parts[1].isdigit():
             n = int(parts[1])
             data = pattern(n)
@@ -322,6 +352,7 @@ class RecordingUpstream:
         self.server.recorder = self
         self.port = self.server.server_address[1]
         self.requests: list[Recorded] = []
+        self.aborted: list[tuple[str, str, str]] = []  # requests whose body never completed
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
@@ -350,7 +381,7 @@ class RecordingUpstream:
 class Gateway:
     """``jwtgate run -c FILE`` in a subprocess, in its own session."""
 
-    def __init__(self, conf_path: Path, port: int, stderr_path: Path) -> None:
+    def __init__(self, conf_path: Path, port: int, stderr_path: Path, cwd: Path | None = None) -> None:
         self.conf_path = conf_path
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -358,7 +389,7 @@ class Gateway:
         self._stderr = open(stderr_path, "wb")
         self.proc = subprocess.Popen([JWTGATE, "run", "-c", str(conf_path)], stdin=subprocess.DEVNULL,
                                      stdout=self._stderr, stderr=self._stderr, start_new_session=True,
-                                     cwd=str(conf_path.parent))
+                                     cwd=str(cwd or conf_path.parent))
         self.returncode: int | None = None
 
     def wait_ready(self, deadline: float = START_DEADLINE) -> None:
@@ -379,7 +410,7 @@ class Gateway:
     def stderr_text(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         os.kill(self.proc.pid, sig)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -454,14 +485,27 @@ class GatewayFactory:
 
     def __call__(self, text: str, port: int | None = None, **subs) -> Gateway:
         path, port = self.write_conf(text, port, **subs)
-        gw = Gateway(path, port, self.tmp / f"gateway{self._n}.stderr")
+        return self.run_file(path, port)
+
+    def run_file(self, path: Path, port: int, cwd: Path | None = None) -> Gateway:
+        """Run an existing configuration file that listens on ``port``."""
+        self._n += 1
+        gw = Gateway(Path(path), port, self.tmp / f"gateway{self._n}.stderr", cwd=cwd)
         self.started.append(gw)
         gw.wait_ready()
         return gw
 
-    def close(self) -> None:
+    def close(self) -> list[str]:
+        """Stop every gateway; returns the problems seen (exit code, tracebacks)."""
+        problems = []
         for gw in self.started:
-            gw.stop()
+            rc = gw.stop()
+            err = gw.stderr_text()
+            if rc != 0:
+                problems.append(f"{gw.conf_path.name}: exit code {rc} after SIGTERM\n{err[-2000:]}")
+            if "Traceback" in err:
+                problems.append(f"{gw.conf_path.name}: traceback in stderr\n{err[-4000:]}")
+        return problems
 
 
 # -- HTTP clients -------------------------------------------------------------------------
@@ -588,7 +632,9 @@ def gateway(tmp_path, upstream):
     try:
         yield factory
     finally:
-        factory.close()
+        problems = factory.close()
+    if problems:
+        pytest.fail("gateway stopped badly:\n" + "\n".join(problems), pytrace=False)
 
 
 @pytest.fixture

@@ -185,7 +185,6 @@ def _limits(build: Build, server: ServerPlan) -> HttpLimits:
     if ka is not None:
         limits.keepalive_timeout = ka
     limits.keepalive_requests = level.get("keepalive_requests", limits.keepalive_requests)
-    limits.client_max_body_size = level.get("client_max_body_size", limits.client_max_body_size)
     buffers = level.get("large_client_header_buffers")
     if buffers is not None:
         limits.large_client_header_buffers = buffers[1]

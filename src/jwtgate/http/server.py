@@ -41,13 +41,12 @@ class HttpLimits:
         large_client_header_buffers: longest request line and header line, bytes (8 KiB).
         max_header_bytes: the whole head, bytes (32 KiB: NGINX's ``4 8k``).
         max_headers: most header fields in one request (100).
-        client_max_body_size: largest request body, bytes; 0 for no limit (1 MiB).
         discard_body_limit: most unread body bytes drained to keep a connection alive (1 MiB).
     """
 
     __slots__ = ("client_header_timeout", "keepalive_timeout", "keepalive_requests",
                  "large_client_header_buffers", "max_header_bytes", "max_headers",
-                 "client_max_body_size", "discard_body_limit")
+                 "discard_body_limit")
 
     def __init__(self) -> None:
         self.client_header_timeout = 60.0
@@ -56,7 +55,6 @@ class HttpLimits:
         self.large_client_header_buffers = 8 * 1024
         self.max_header_bytes = 32 * 1024
         self.max_headers = 100
-        self.client_max_body_size = 1024 * 1024
         self.discard_body_limit = 1024 * 1024
 
 
@@ -71,7 +69,7 @@ class RequestBody:
     """
 
     __slots__ = ("length", "chunked", "complete", "received", "_chunks", "_buffered", "_waiter",
-                 "_proto", "discard", "error", "expect_continue")
+                 "_proto", "discard", "error", "expect_continue", "limit")
 
     def __init__(self, proto: HttpProtocol, length: int | None, chunked: bool) -> None:
         self.length = length
@@ -86,6 +84,9 @@ class RequestBody:
         self.error: Exception | None = None
         #: the client sent ``Expect: 100-continue`` and waits for it before the body
         self.expect_continue = False
+        #: largest body accepted, bytes (the location's ``client_max_body_size``); 0: no limit.
+        #: ``None`` until the location is known; arriving bytes wait in the buffer meanwhile.
+        self.limit: int | None = None
 
     @property
     def present(self) -> bool:
@@ -93,7 +94,14 @@ class RequestBody:
         return self.chunked or bool(self.length)
 
     def feed(self, data: bytes) -> None:
+        """Take bytes from the parser.
+
+        Raises:
+            HTTPError: 413 when the body grows past ``limit``.
+        """
         self.received += len(data)
+        if self.limit and self.received > self.limit:
+            raise HTTPError(413, "client intended to send too large body")
         if self.discard:
             return
         self._chunks.append(data)
@@ -131,6 +139,8 @@ class RequestBody:
             if self.complete:
                 return b""
             if self.error is not None:
+                if isinstance(self.error, HTTPError):
+                    raise self.error
                 raise HTTPError(400, "client closed the connection during the body")
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
@@ -406,8 +416,15 @@ class HttpProtocol(asyncio.Protocol):
         """A framing error: answer it in turn, then close; parse nothing more."""
         self._bad = True
         self.pause_reading("error")
-        if self._current_body is not None and not self._current_body.complete:
-            self._current_body.abort(ConnectionError("malformed body"))
+        body = self._current_body
+        if body is not None and not body.complete:
+            # The body of a request already handed out: its handler answers with this
+            # error when it reads the body (or answers what it would anyway); then close.
+            body.abort(err)
+            self._closing = True
+            if self._task is None and not self._queue:
+                self.close()
+            return
         self._queue.append((None, err, False))
         self._next()
 
@@ -486,9 +503,6 @@ class HttpProtocol(asyncio.Protocol):
             http["host"] = host
         elif version == "1.1" and "host" not in http:
             raise HTTPError(400, "missing Host header")
-        limit = self._limits.client_max_body_size
-        if limit and content_length is not None and content_length > limit:
-            raise HTTPError(413, "request body too large")
         ctx = RequestContext(self.conn, method, target, uri, query, version, headers, http)  # type: ignore[arg-type]
         ctx.request_length = self._head_bytes + len(self._url)
         body = RequestBody(self, content_length, chunked)
@@ -502,9 +516,6 @@ class HttpProtocol(asyncio.Protocol):
         if body is None:
             return
         body.feed(data)
-        limit = self._limits.client_max_body_size
-        if limit and body.received > limit:
-            raise HTTPError(413, "request body too large")
 
     def on_message_complete(self) -> None:
         if self._current_body is not None:
