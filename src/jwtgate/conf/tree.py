@@ -27,9 +27,13 @@ class Directive:
         block: ``None`` for a simple directive ended by ``;``; a tuple of the directives
             inside ``{ ... }`` for a block directive (possibly empty).
         quoted: one flag per element of ``args``: whether that argument was written in
-            quotes. NGINX gives quoted words different meaning in a few places (``map``
-            treats a quoted ``"default"`` as a plain key). ``()`` when unknown (a directive
-            built by hand); a parsed directive always has ``len(quoted) == len(args)``.
+            quotes. NGINX itself never looks at quoting once a word is read (in a ``map``
+            block ``"default"`` and ``default`` are the same; a key equal to a special
+            name is escaped as ``\\default``, which the lexer keeps verbatim); the flag is
+            there for stricter checks and for :func:`~jwtgate.conf.parser.render`.
+            Whether the *name* was quoted is not recorded. ``()`` when unknown (a
+            directive built by hand); a parsed directive always has
+            ``len(quoted) == len(args)``.
     """
 
     name: str

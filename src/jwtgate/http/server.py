@@ -401,7 +401,10 @@ class HttpProtocol(asyncio.Protocol):
             # The head was parsed; what follows is not HTTP. Tunnelling is not supported,
             # so the request is answered and the connection closed after it.
             self._bad = True
+            self._closing = True
             self.pause_reading("upgrade")
+            if self._task is None and not self._queue:
+                self.close()
         except httptools.HttpParserError as e:
             # Our callbacks' own refusals (414, 431, 413...) arrive wrapped by httptools.
             cause = e.__context__
