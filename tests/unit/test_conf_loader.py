@@ -288,3 +288,22 @@ def test_errors_are_reported_in_nginx_order(tmp_path: Path) -> None:
     assert load_error(main)[0].startswith('open() "')
     write(tmp_path / "nginx.conf", ";\ninclude missing.conf;\n")
     assert load_error(main) == ('unexpected ";"', str(main), 1)
+
+
+def test_relative_include_falls_back_to_the_including_files_directory(tmp_path):
+    # sub/a.conf includes "b.conf", which exists only next to it (not under the conf prefix).
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "main.conf").write_text("include sub/a.conf;\n")
+    (tmp_path / "sub" / "a.conf").write_text("include b.conf;\n")
+    (tmp_path / "sub" / "b.conf").write_text("from_b on;\n")
+    names = [d.name for d in load(str(tmp_path / "main.conf"))]
+    assert names == ["from_b"]
+
+
+def test_conf_prefix_wins_over_the_including_files_directory(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "main.conf").write_text("include sub/a.conf;\n")
+    (tmp_path / "sub" / "a.conf").write_text("include b.conf;\n")
+    (tmp_path / "sub" / "b.conf").write_text("local on;\n")
+    (tmp_path / "b.conf").write_text("prefix on;\n")
+    assert [d.name for d in load(str(tmp_path / "main.conf"))] == ["prefix"]

@@ -2,7 +2,8 @@
 
 ``include PATTERN;`` is NGINX's ``ngx_conf_include``: allowed in any context, replaced in
 place by the directives of the matched files. A relative pattern is relative to the
-directory of the main configuration file (NGINX's conf prefix); a pattern containing
+directory of the main configuration file (NGINX's conf prefix) or, when nothing matches
+there, to the directory of the including file; a pattern containing
 ``*``, ``?`` or ``[`` is a glob whose matches are read in sorted (byte) order and may match
 nothing; a plain path must exist. Beyond NGINX: include cycles and chains deeper than
 :data:`MAX_INCLUDE_DEPTH` are errors (NGINX recurses until it runs out of descriptors),
@@ -111,15 +112,26 @@ class _Loader:
             raise ConfigError('directive "include" is not terminated by ";"', d.file, d.line)
         if len(d.args) != 1:
             raise ConfigError('invalid number of arguments in "include" directive', d.file, d.line)
-        full = os.path.join(self.prefix, d.args[0])  # an absolute pattern stays as is
-        if any(c in full for c in _GLOB_CHARS):
-            names = sorted(glob.glob(full), key=os.fsencode)  # glob(3) order in the C locale
-        else:
-            names = [full]
+        names = self._match(os.path.join(self.prefix, d.args[0]))  # an absolute pattern stays as is
+        if not names and not os.path.isabs(d.args[0]):
+            # Not under the conf prefix: look next to the including file, the other common
+            # convention (the prefix wins when both match, as in NGINX).
+            local = self._match(os.path.join(os.path.dirname(os.path.abspath(d.file)), d.args[0]))
+            if local and os.path.exists(local[0]):
+                names = local
+        if not names and not any(c in d.args[0] for c in _GLOB_CHARS):
+            names = [os.path.join(self.prefix, d.args[0])]  # open() reports the NGINX path
         out: list[Directive] = []
         for name in names:
             out.extend(self._file(name, d))
         return out
+
+    @staticmethod
+    def _match(full: str) -> list[str]:
+        """Files a pattern names: a glob's matches in glob(3) order, or the existing path."""
+        if any(c in full for c in _GLOB_CHARS):
+            return sorted(glob.glob(full), key=os.fsencode)  # glob(3) order in the C locale
+        return [full] if os.path.exists(full) else []
 
     @staticmethod
     def _read(name: str, at: Directive | None) -> str:
