@@ -168,7 +168,7 @@ class Responder:
     """
 
     __slots__ = ("_proto", "ctx", "started", "finished", "_chunked", "head_only", "keep_alive",
-                 "_remaining")
+                 "_remaining", "_out")
 
     def __init__(self, proto: HttpProtocol, ctx: RequestContext, keep_alive: bool) -> None:
         self._proto = proto
@@ -179,6 +179,9 @@ class Responder:
         self.head_only = ctx.method == "HEAD"
         self.keep_alive = keep_alive
         self._remaining: int | None = None
+        # Bytes produced but not yet written: a head and the body bytes of one upstream read
+        # go out in one write(2) (see flush).
+        self._out: list[bytes] = []
 
     def start(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None) -> None:
         """Write the status line and headers.
@@ -213,23 +216,31 @@ class Responder:
         parts.append(b"\r\n")
         head = b"".join(parts)
         ctx.bytes_sent += len(head)
-        self._proto.write(head)
+        self._out.append(head)
 
     def write(self, data: bytes) -> None:
-        """Send body bytes (ignored for ``HEAD``)."""
+        """Queue body bytes (ignored for ``HEAD``); :meth:`flush` sends them."""
         if self.head_only or not data:
             return
         self.ctx.body_bytes_sent += len(data)
         self.ctx.bytes_sent += len(data)
-        self._proto.write(chunk(data) if self._chunked else data)
+        self._out.append(chunk(data) if self._chunked else data)
+
+    def flush(self) -> None:
+        """Write what is queued, in one call."""
+        out = self._out
+        if out:
+            self._proto.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def end(self) -> None:
-        """Finish the body (the last chunk when chunked)."""
+        """Finish the body (the last chunk when chunked) and flush."""
         if self.finished:
             return
         self.finished = True
         if self._chunked:
-            self._proto.write(b"0\r\n\r\n")
+            self._out.append(b"0\r\n\r\n")
+        self.flush()
 
     @property
     def writing_paused(self) -> bool:
@@ -292,6 +303,7 @@ class HttpProtocol(asyncio.Protocol):
         self._paused: set[str] = set()
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
         self.writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self.flow_listener: tuple[Callable[[], None], Callable[[], None]] | None = None
@@ -313,6 +325,9 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._cancel_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._current_body is not None and not self._current_body.complete:
             self._current_body.abort(ConnectionError("client closed"))
         if self._task is not None and not self._task.done():
@@ -338,19 +353,27 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- timers ---------------------------------------------------------------------------
 
+    # One timer per connection, moved lazily: setting a deadline per request costs a
+    # float; the timer fires at most once per timeout and re-arms itself if the deadline moved.
+
     def _set_timer(self, seconds: float) -> None:
-        self._cancel_timer()
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(seconds, self._on_timeout)
+        self._deadline = loop.time() + seconds
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._on_timeout)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
 
     def _on_timeout(self) -> None:
         self._timer = None
-        if self._task is None:
+        deadline = self._deadline
+        if deadline is None or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._timer = loop.call_at(deadline, self._on_timeout)
+        elif self._task is None:
             self.close()
 
     # -- flow control ---------------------------------------------------------------------

@@ -412,6 +412,7 @@ class ProxyHandler:
                     body_sent = await self._send_body(ctx, conn, ex)
                 await ex.done
             except UpstreamError as e:
+                ex.abandoned = True
                 conn.abort()
                 pool.release(conn, False)
                 if ex.head_seen:
@@ -431,6 +432,7 @@ class ProxyHandler:
                     continue
                 raise
             except BaseException:
+                ex.abandoned = True
                 conn.abort()
                 pool.release(conn, False)
                 raise

@@ -27,6 +27,7 @@ class Sink(Protocol):
     writing_paused: bool
 
     def write(self, data: bytes) -> None: ...
+    def flush(self) -> None: ...
     def end(self) -> None: ...
     def on_writable(self, pause: Callable[[], None], resume: Callable[[], None]) -> None: ...
     def clear_writable(self) -> None: ...
@@ -55,15 +56,16 @@ class Exchange:
     """
 
     __slots__ = ("on_head", "head_only", "read_timeout", "done", "status", "headers", "head_seen",
-                 "received", "keep_alive", "sink", "complete", "length", "chunked", "last_read")
+                 "received", "keep_alive", "sink", "complete", "length", "chunked", "last_read",
+                 "abandoned")
 
     def __init__(self, on_head: HeadCallback, head_only: bool, read_timeout: float) -> None:
         self.on_head = on_head
         self.head_only = head_only
         self.read_timeout = read_timeout
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # The proxy may give up on an exchange (client gone, body failed) before awaiting it.
-        self.done.add_done_callback(_retrieve)
+        #: the proxy gave up on this exchange (client gone, body failed): no one awaits ``done``
+        self.abandoned = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_seen = False
@@ -76,7 +78,7 @@ class Exchange:
         self.last_read = time.monotonic()
 
     def fail(self, err: UpstreamError) -> None:
-        if not self.done.done():
+        if not self.done.done() and not self.abandoned:
             self.done.set_exception(err)
 
     def finish(self) -> None:
@@ -85,11 +87,6 @@ class Exchange:
             self.sink.clear_writable()
         if not self.done.done():
             self.done.set_result(None)
-
-
-def _retrieve(fut: asyncio.Future[None]) -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -150,11 +147,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests += 1
         self._parser = httptools.HttpResponseParser(self)
         exchange.last_read = time.monotonic()
-        self._timer = asyncio.get_running_loop().call_later(exchange.read_timeout, self._check_timeout)
+        if self._timer is None:
+            # Re-armed lazily by _check_timeout from last_read: no timer churn per request.
+            self._timer = asyncio.get_running_loop().call_later(exchange.read_timeout, self._check_timeout)
 
     def end(self) -> None:
         """Detach the finished exchange (the connection may then go back to the pool)."""
-        self._cancel_timer()
         self.exchange = None
         self._parser = None
 
@@ -214,6 +212,8 @@ class UpstreamConnection(asyncio.Protocol):
         ex.received += len(data)
         try:
             self._parser.feed_data(data)
+            if ex.sink is not None:
+                ex.sink.flush()
         except httptools.HttpParserUpgrade:
             ex.fail(UpstreamError(502, "upstream switched protocols"))
             self.abort()
@@ -268,6 +268,8 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is None or not ex.head_seen:
             return  # the end of an interim 1xx response
         if not ex.complete:
+            if ex.sink is not None:
+                ex.sink.end()
             ex.finish()
 
     def _pause_reading(self) -> None:
