@@ -98,9 +98,12 @@ class UpstreamError(JwtgateError):
     Args:
         status: 502 (refused, reset, invalid response) or 504 (timed out), as NGINX answers.
         reason: a short description for the error log.
+        kind: the ``proxy_next_upstream`` condition it is: ``error``, ``timeout`` or
+            ``invalid_header``; by default ``timeout`` for 504, else ``error``.
     """
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, kind: str | None = None) -> None:
         self.status = status
         self.reason = reason
+        self.kind = kind or ("timeout" if status == 504 else "error")
         super().__init__(f"{status}: {reason}")

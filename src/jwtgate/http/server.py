@@ -18,7 +18,7 @@ from typing import Any
 import httptools
 
 from jwtgate.errors import HTTPError
-from jwtgate.http.uri import normalize_path, split_target
+from jwtgate.http.head import read_head
 from jwtgate.http.writer import chunk, error_body, http_date, status_line
 from jwtgate.runtime.context import ConnectionInfo, RequestContext
 
@@ -489,50 +489,13 @@ class HttpProtocol(asyncio.Protocol):
         self._next()
 
     def _make_context(self, parser: Any) -> tuple[RequestContext, RequestBody]:
-        method = parser.get_method().decode("ascii")
-        version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            raise HTTPError(505, "HTTP version not supported")
-        target = self._url.decode("latin-1")
-        host, path, query = split_target(target)
-        if path == "*" and method != "OPTIONS":
-            raise HTTPError(400, "asterisk-form outside OPTIONS")
-        uri = normalize_path(path) if path != "*" else "*"
-        headers: list[tuple[bytes, bytes]] = []
-        http: dict[str, str] = {}
-        content_length: int | None = None
-        chunked = False
-        for name, value in self._headers:
-            if b"_" in name:
-                # NGINX's ignore_invalid_headers: a name with "_" could alias a header the
-                # gateway sets (API_Client for API-Client in CGI-style upstreams).
-                continue
-            key = name.decode("latin-1").lower().replace("-", "_")
-            sval = value.decode("latin-1")
-            if key == "content_length":
-                if content_length is not None or not value.isdigit():
-                    raise HTTPError(400, "invalid Content-Length")
-                content_length = int(value)
-            elif key == "transfer_encoding":
-                if chunked or value.strip().lower() != b"chunked":
-                    raise HTTPError(501, "unsupported Transfer-Encoding")
-                chunked = True
-            old = http.get(key)
-            if old is None:
-                http[key] = sval
-            elif key == "cookie":
-                http[key] = old + "; " + sval
-            headers.append((name, value))
-        if chunked and content_length is not None:
-            raise HTTPError(400, "both Content-Length and Transfer-Encoding")
-        if host:
-            http["host"] = host
-        elif version == "1.1" and "host" not in http:
-            raise HTTPError(400, "missing Host header")
-        ctx = RequestContext(self.conn, method, target, uri, query, version, headers, http)  # type: ignore[arg-type]
+        head = read_head(parser.get_method().decode("ascii"), parser.get_http_version(),
+                         self._url.decode("latin-1"), self._headers)
+        ctx = RequestContext(self.conn, head.method, head.target, head.uri, head.args,  # type: ignore[arg-type]
+                             head.version, head.headers, head.http)
         ctx.request_length = self._head_bytes + len(self._url)
-        body = RequestBody(self, content_length, chunked)
-        if version == "1.1" and http.get("expect", "").lower() == "100-continue":
+        body = RequestBody(self, head.content_length, head.chunked)
+        if head.version == "1.1" and head.http.get("expect", "").lower() == "100-continue":
             body.expect_continue = True
         ctx.body = body
         return ctx, body

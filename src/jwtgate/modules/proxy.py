@@ -48,6 +48,24 @@ DIRECTIVES = (
           "How long an idle upstream connection is kept.", default="60s"),
     _spec("keepalive_requests", U, 1, 1, "keepalive_requests number;",
           "Requests sent over one upstream connection before it is closed.", default="1000"),
+    _spec("least_conn", U, 0, 0, "least_conn;",
+          "Balances to the server with the fewest active connections (per unit of weight)."),
+    _spec("ip_hash", U, 0, 0, "ip_hash;",
+          "Balances by the client address (first three octets of IPv4, all of IPv6)."),
+    _spec("hash", U, 1, 2, "hash key [consistent];",
+          "Balances by a hash of `key` (which may hold variables); `consistent` uses a ketama ring."),
+    _spec("proxy_next_upstream", HSL, 1, None,
+          "proxy_next_upstream error | timeout | invalid_header | http_500 | http_502 | http_503 | "
+          "http_504 | http_403 | http_404 | http_429 | non_idempotent | off ...;",
+          "When a request is passed to the next server of the group. Never once the response "
+          "has started; never for a non-idempotent request already sent, unless `non_idempotent`.",
+          default="error timeout",
+          nginx_notes="Request bodies are streamed, not buffered: a request whose body has begun "
+                      "to be sent is not retried."),
+    _spec("proxy_next_upstream_tries", HSL, 1, 1, "proxy_next_upstream_tries number;",
+          "Most attempts for one request; 0 means no limit but the number of servers.", default="0"),
+    _spec("proxy_next_upstream_timeout", HSL, 1, 1, "proxy_next_upstream_timeout time;",
+          "Time in which further attempts may start; 0 means no limit.", default="0"),
     _spec("proxy_pass", Ctx.LOCATION, 1, 1, "proxy_pass URL;",
           "Proxies the request to `http://upstream_name[/uri]` or `http://host:port[/uri]`.",
           inherit=Inherit.NONE),
@@ -96,6 +114,13 @@ class UpstreamGroup:
     name: str
     balancer: Balancer
     pool: ConnectionPool
+    hash_key: Any = None
+
+    def balance_key(self, ctx: Any) -> str:
+        """The key the balancer hashes: the ``hash`` value, or the client address."""
+        if self.hash_key is not None:
+            return str(self.hash_key(ctx))
+        return ctx.conn.remote_addr if self.balancer.method == "ip_hash" else ""
 
     def __repr__(self) -> str:
         return f"<UpstreamGroup {self.name} {self.balancer!r} {self.pool!r}>"
@@ -108,6 +133,61 @@ class ProxyPass:
     host: str
     uri: str | None
     directive: Any
+
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class NextUpstream:
+    """``proxy_next_upstream`` conditions (``ngx_http_proxy_module``).
+
+    Attributes:
+        kinds: failure kinds that pass the request on: ``error``, ``timeout``, ``invalid_header``.
+        statuses: response statuses that pass it on (``http_502`` → 502).
+        non_idempotent: also retry POST, PATCH, LOCK after they were sent.
+    """
+
+    kinds: frozenset[str] = frozenset({"error", "timeout"})
+    statuses: frozenset[int] = frozenset()
+    non_idempotent: bool = False
+
+
+_NEXT_STATUSES = {f"http_{c}": c for c in (500, 502, 503, 504, 403, 404, 429)}
+
+
+def parse_next_upstream(build: Any, d: Any) -> NextUpstream | None:
+    """``proxy_next_upstream`` arguments; ``None`` for ``off``."""
+    if d.args == ("off",):
+        return None
+    kinds: set[str] = set()
+    statuses: set[int] = set()
+    non_idempotent = False
+    for arg in d.args:
+        if arg in ("error", "timeout", "invalid_header"):
+            kinds.add(arg)
+        elif arg in _NEXT_STATUSES:
+            statuses.add(_NEXT_STATUSES[arg])
+        elif arg == "non_idempotent":
+            non_idempotent = True
+        else:
+            raise build.error(f'invalid value "{arg}" in "proxy_next_upstream" directive', d)
+    return NextUpstream(frozenset(kinds), frozenset(statuses), non_idempotent)
+
+
+class _Discard:
+    """A sink for a response that will not reach the client (it is retried elsewhere)."""
+
+    writing_paused = False
+
+    def write(self, data: bytes) -> None: ...
+    def flush(self) -> None: ...
+    def end(self) -> None: ...
+    def on_writable(self, pause: Any, resume: Any) -> None: ...
+    def clear_writable(self) -> None: ...
+
+
+_DISCARD = _Discard()
 
 
 def _resolve(build: Any, d: Any, hostport: str) -> tuple[list[tuple[str, int]], str]:
@@ -208,7 +288,14 @@ class ProxyModule(Module):
             if d.args[0] not in ("1.0", "1.1"):
                 raise build.error(f'invalid value "{d.args[0]}" in "{name}" directive', d)
             return d.args[0]
-        if name in ("proxy_connect_timeout", "proxy_read_timeout", "proxy_send_timeout"):
+        if name == "proxy_next_upstream":
+            return parse_next_upstream(build, d)
+        if name == "proxy_next_upstream_tries":
+            if not d.args[0].isdigit():
+                raise build.error(f'invalid value "{d.args[0]}" in "{name}" directive', d)
+            return int(d.args[0])
+        if name in ("proxy_connect_timeout", "proxy_read_timeout", "proxy_send_timeout",
+                    "proxy_next_upstream_timeout"):
             try:
                 return parse_time(d.args[0])
             except ValueError:
@@ -228,9 +315,20 @@ class ProxyModule(Module):
             raise build.error(f'duplicate upstream "{name}"', d)
         peers: list[Peer] = []
         max_idle, idle_timeout, max_requests = 32, 60.0, 1000
+        method, hash_key = "round_robin", None
         for inner in d.block or ():
             try:
-                if inner.name == "server":
+                if inner.name in ("least_conn", "ip_hash", "hash"):
+                    if method != "round_robin":
+                        raise build.error("load balancing method redefined", inner)
+                    method = inner.name
+                    if inner.name == "hash":
+                        hash_key = build.complex(inner.args[0], inner)
+                        if len(inner.args) == 2:
+                            if inner.args[1] != "consistent":
+                                raise build.error(f'invalid parameter "{inner.args[1]}"', inner)
+                            method = "hash_consistent"
+                elif inner.name == "server":
                     peers.extend(parse_server(build, inner))
                 elif inner.name == "keepalive":
                     if not inner.args[0].isdigit():
@@ -246,8 +344,10 @@ class ProxyModule(Module):
                 raise build.error(f'invalid value "{inner.args[0]}" in "{inner.name}" directive', inner) from None
         if not peers:
             raise build.error(f'no servers are inside upstream "{name}"', d)
-        group = UpstreamGroup(name, Balancer(peers, build.clock),
-                              ConnectionPool(max_idle, idle_timeout, max_requests))
+        if method in ("ip_hash", "hash", "hash_consistent") and any(p.backup for p in peers):
+            raise build.error(f'"backup" parameter cannot be used with "{method.split("_")[0]}"', d)
+        group = UpstreamGroup(name, Balancer(peers, build.clock, method),
+                              ConnectionPool(max_idle, idle_timeout, max_requests), hash_key)
         groups[name.lower()] = group
         return group
 
@@ -311,6 +411,9 @@ class ProxyHandler:
         self.read_timeout = loc.get("proxy_read_timeout", 60.0)
         self.send_timeout = loc.get("proxy_send_timeout", 60.0)
         self.pass_headers = loc.get("proxy_pass_request_headers", True)
+        self.next_upstream: NextUpstream | None = loc.get("proxy_next_upstream", NextUpstream())
+        self.next_tries = loc.get("proxy_next_upstream_tries", 0)
+        self.next_timeout = loc.get("proxy_next_upstream_timeout", 0.0)
         sets = loc.get_all("proxy_set_header")
         defaults = [("Host", build.complex("$proxy_host", pp.directive)),
                     ("Connection", build.complex("" if self.keep_alive else "close", pp.directive))]
@@ -364,48 +467,69 @@ class ProxyHandler:
         parts.append(b"\r\n")
         return b"".join(parts)
 
+    def _may_retry(self, ctx: Any, tried: list[Peer], start: float, sent: bool, body_started: bool) -> bool:
+        """Whether another attempt may start (NGINX's proxy_next_upstream limits)."""
+        nu = self.next_upstream
+        if nu is None or body_started:
+            return False
+        if sent and not nu.non_idempotent and ctx.method not in _IDEMPOTENT:
+            return False
+        if self.next_tries and len(tried) >= self.next_tries:
+            return False
+        if self.next_timeout and time.monotonic() - start >= self.next_timeout:
+            return False
+        return self.group.balancer.has_more(tried)
+
     async def __call__(self, ctx: Any) -> None:
         head = self.request_head(ctx)
-        balancer = self.group.balancer
-        pool = self.group.pool
+        group = self.group
+        balancer = group.balancer
+        pool = group.pool
         responder = ctx.responder
         body = ctx.body
         has_body = body is not None and body.present
+        key = group.balance_key(ctx) if balancer.method != "round_robin" and balancer.method != "least_conn" else ""
         tried: list[Peer] = []
         start = time.monotonic()
         stale_retries = 2
-
-        def on_head(status: int, headers: list[tuple[bytes, bytes]], length: int | None) -> Any:
-            ctx.upstream_status = str(status)
-            out = []
-            hide = self.hide
-            for name, value in headers:
-                if name.lower() not in hide and valid_field_value(value):
-                    out.append((name, value))
-            responder.start(status, out, length)
-            return responder
+        retry_statuses = self.next_upstream.statuses if self.next_upstream else frozenset()
 
         while True:
-            peer = balancer.pick(tried)
+            peer = balancer.pick(tried, key)
             if peer is None:
-                raise UpstreamError(502, f'no live upstreams while connecting to upstream "{self.group.name}"')
+                raise UpstreamError(502, f'no live upstreams while connecting to upstream "{group.name}"')
+            tried.append(peer)
             conn = pool.acquire(peer)
             reused = conn is not None
             if conn is None:
                 try:
                     conn = await pool.connect(peer, self.connect_timeout)
                 except UpstreamError as e:
-                    log.error("%s, upstream: %s", e.reason, peer.address)
-                    balancer.failed(peer)
-                    tried.append(peer)
-                    ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)
-                    ctx.upstream_status = _append(ctx.upstream_status, str(e.status))
-                    if len(tried) < len(balancer):
+                    self._failed(ctx, peer, e)
+                    if self.next_upstream and e.kind in self.next_upstream.kinds and \
+                            self._may_retry(ctx, tried, start, sent=False, body_started=False):
                         continue
                     raise
+            retried: list[int] = []
+
+            def on_head(status: int, headers: list[tuple[bytes, bytes]], length: int | None) -> Any:
+                if status in retry_statuses and self._may_retry(
+                        ctx, tried, start, sent=True, body_started=has_body):
+                    retried.append(status)
+                    return _DISCARD
+                ctx.upstream_status = _append(ctx.upstream_status, str(status))
+                out = []
+                hide = self.hide
+                for name, value in headers:
+                    if name.lower() not in hide and valid_field_value(value):
+                        out.append((name, value))
+                responder.start(status, out, length)
+                return responder
+
             ex = Exchange(on_head, ctx.method == "HEAD", self.read_timeout)
             conn.begin(ex)
             conn.write(head)
+            peer.active += 1
             body_sent = True
             try:
                 if has_body:
@@ -415,20 +539,18 @@ class ProxyHandler:
                 ex.abandoned = True
                 conn.abort()
                 pool.release(conn, False)
-                if ex.head_seen:
+                if ex.head_seen and not retried:
                     # The response has started: the runner cuts the client connection.
-                    log.error("%s while sending to client, upstream: %s", e.reason, peer.address)
+                    log.error("%s while reading response from upstream, upstream: %s", e.reason, peer.address)
                     raise
                 if reused and ex.received == 0 and not has_body and stale_retries > 0:
                     # A kept-alive connection the upstream had already closed: not a failure.
                     stale_retries -= 1
+                    tried.pop()
                     continue
-                log.error("%s, upstream: %s", e.reason, peer.address)
-                balancer.failed(peer)
-                tried.append(peer)
-                ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)
-                ctx.upstream_status = _append(ctx.upstream_status, str(e.status))
-                if not has_body and e.status == 502 and len(tried) < len(balancer):
+                self._failed(ctx, peer, e)
+                if self.next_upstream and e.kind in self.next_upstream.kinds and \
+                        self._may_retry(ctx, tried, start, sent=True, body_started=has_body):
                     continue
                 raise
             except BaseException:
@@ -436,12 +558,27 @@ class ProxyHandler:
                 conn.abort()
                 pool.release(conn, False)
                 raise
+            finally:
+                peer.active -= 1
             ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)
+            if retried:
+                # An http_5xx answer passed on to the next server; 403/404/429 are not failures.
+                pool.release(conn, self.keep_alive and ex.keep_alive and ex.complete and body_sent)
+                ctx.upstream_status = _append(ctx.upstream_status, str(retried[0]))
+                if retried[0] >= 500:
+                    balancer.failed(peer)
+                continue
             ctx.upstream_response_time = f"{time.monotonic() - start:.3f}"
             pool.release(conn, self.keep_alive and ex.keep_alive and ex.complete and body_sent)
             balancer.succeeded(peer)
             responder.end()
             return
+
+    def _failed(self, ctx: Any, peer: Peer, e: UpstreamError) -> None:
+        log.error("%s, upstream: %s", e.reason, peer.address)
+        self.group.balancer.failed(peer)
+        ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)
+        ctx.upstream_status = _append(ctx.upstream_status, str(e.status))
 
     async def _send_body(self, ctx: Any, conn: Any, ex: Exchange) -> bool:
         """Stream the client's body upstream; ``False`` when the upstream answered first.

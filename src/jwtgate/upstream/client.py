@@ -218,7 +218,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.fail(UpstreamError(502, "upstream switched protocols"))
             self.abort()
         except httptools.HttpParserError as e:
-            ex.fail(UpstreamError(502, f"upstream sent an invalid response: {e}"))
+            ex.fail(UpstreamError(502, f"upstream sent an invalid response: {e}", "invalid_header"))
             self.abort()
 
     def on_header(self, name: bytes, value: bytes) -> None:

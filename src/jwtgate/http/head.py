@@ -1,0 +1,102 @@
+"""A parsed request head as the gateway reads it: target, ``$uri``, header variables, framing.
+
+Sans-io: the HTTP server calls :func:`read_head` once llhttp has framed a request head, and
+``jwtgate explain`` calls it on a request typed on the command line, so both see a request
+the same way (NGINX's ``ignore_invalid_headers``, ``$http_*`` names, URI normalisation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from jwtgate.errors import HTTPError
+from jwtgate.http.uri import normalize_path, split_target
+
+__all__ = ["RequestHead", "read_head"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """One request head, checked.
+
+    Attributes:
+        method: e.g. ``"GET"``.
+        version: ``"1.1"`` or ``"1.0"``.
+        target: the request-target as sent (``$request_uri``).
+        uri: the decoded, normalised path (``$uri``), ``"*"`` for an asterisk-form OPTIONS.
+        args: the query string without ``?`` (``$args``).
+        headers: the header fields kept, as sent, ``[(name, value), ...]`` (bytes).
+        http: header values by NGINX variable name (lowercase, ``-`` as ``_``); the first
+            value of a repeated field, except ``cookie`` (joined with ``"; "``); ``host`` from
+            an absolute-form target when there is one.
+        content_length: the ``Content-Length`` in bytes, or ``None``.
+        chunked: whether ``Transfer-Encoding: chunked`` was sent.
+    """
+
+    method: str
+    version: str
+    target: str
+    uri: str
+    args: str
+    headers: list[tuple[bytes, bytes]]
+    http: dict[str, str]
+    content_length: int | None
+    chunked: bool
+
+
+def read_head(method: str, version: str, target: str,
+              fields: Iterable[tuple[bytes, bytes]]) -> RequestHead:
+    """Check a framed request head and derive what routing and variables need.
+
+    Args:
+        method: the method token.
+        version: ``"1.1"``, ``"1.0"`` (anything else is refused).
+        target: the request-target, latin-1 decoded.
+        fields: the header fields in order, names and values as bytes.
+
+    Returns:
+        The :class:`RequestHead`. Fields whose name holds ``_`` are dropped (NGINX's
+        ``ignore_invalid_headers``: ``API_Client`` could alias ``API-Client`` upstream).
+
+    Raises:
+        HTTPError: 505 for another version; 400 for a bad target, URI, ``Content-Length``,
+            both ``Content-Length`` and ``Transfer-Encoding``, or HTTP/1.1 without ``Host``;
+            501 for a ``Transfer-Encoding`` other than ``chunked``.
+    """
+    if version not in ("1.1", "1.0"):
+        raise HTTPError(505, "HTTP version not supported")
+    host, path, query = split_target(target)
+    if path == "*" and method != "OPTIONS":
+        raise HTTPError(400, "asterisk-form outside OPTIONS")
+    uri = normalize_path(path) if path != "*" else "*"
+    headers: list[tuple[bytes, bytes]] = []
+    http: dict[str, str] = {}
+    content_length: int | None = None
+    chunked = False
+    for name, value in fields:
+        if b"_" in name:
+            continue
+        key = name.decode("latin-1").lower().replace("-", "_")
+        sval = value.decode("latin-1")
+        if key == "content_length":
+            if content_length is not None or not value.isdigit():
+                raise HTTPError(400, "invalid Content-Length")
+            content_length = int(value)
+        elif key == "transfer_encoding":
+            if chunked or value.strip().lower() != b"chunked":
+                raise HTTPError(501, "unsupported Transfer-Encoding")
+            chunked = True
+        old = http.get(key)
+        if old is None:
+            http[key] = sval
+        elif key == "cookie":
+            http[key] = old + "; " + sval
+        headers.append((name, value))
+    if chunked and content_length is not None:
+        raise HTTPError(400, "both Content-Length and Transfer-Encoding")
+    if host:
+        http["host"] = host
+    elif version == "1.1" and "host" not in http:
+        raise HTTPError(400, "missing Host header")
+    return RequestHead(method, version, target, uri, query, headers, http, content_length, chunked)

@@ -1,0 +1,166 @@
+"""Upstream failures: proxy_next_upstream, tries, backup servers, passive health, timeouts."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from jwtgate_e2e import free_port, request
+
+
+class Dead:
+    """A port where nothing listens."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+
+
+class Silent:
+    """Accepts connections and never answers (for read timeouts)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+GROUP = """
+upstream grp {{
+    {servers}
+}}
+server {{
+    listen 127.0.0.1:{{port}};
+    location / {{
+        proxy_pass http://grp;
+        proxy_read_timeout 1s;
+        proxy_connect_timeout 1s;
+        {extra}
+    }}
+}}
+"""
+
+
+def conf(servers: str, extra: str = "") -> str:
+    return GROUP.format(servers=servers, extra=extra)
+
+
+def test_connection_refused_goes_to_next_server(gateway, upstream):
+    dead = Dead()
+    gw = gateway(conf(f"server 127.0.0.1:{dead.port}; server 127.0.0.1:{upstream.port};"))
+    statuses = [request(gw.port, "GET", f"/x{i}").status for i in range(6)]
+    assert statuses == [200] * 6
+
+
+def test_http_502_passed_to_next_server_only_when_configured(gateway, upstream, upstream2):
+    servers = f"server 127.0.0.1:{upstream.port}; server 127.0.0.1:{upstream2.port};"
+    gw = gateway(conf(servers))
+    # Default (error timeout): a 502 answer is passed to the client as is.
+    assert {request(gw.port, "GET", "/status/502").status for _ in range(4)} == {502}
+    gw2 = gateway(conf(servers, "proxy_next_upstream error timeout http_502;"))
+    upstream.clear()
+    upstream2.clear()
+    # Both answer 502, so each request tries both and the last answer reaches the client.
+    r = request(gw2.port, "GET", "/status/502")
+    assert r.status == 502
+    assert len(upstream.requests) + len(upstream2.requests) == 2
+
+
+def test_non_idempotent_request_not_retried_after_being_sent(gateway, upstream, upstream2):
+    servers = f"server 127.0.0.1:{upstream.port}; server 127.0.0.1:{upstream2.port};"
+    gw = gateway(conf(servers, "proxy_next_upstream http_503;"))
+    upstream.clear()
+    upstream2.clear()
+    r = request(gw.port, "POST", "/status/503", body=b"x=1")
+    assert r.status == 503
+    assert len(upstream.requests) + len(upstream2.requests) == 1
+    gw2 = gateway(conf(servers, "proxy_next_upstream http_503 non_idempotent;"))
+    upstream.clear()
+    upstream2.clear()
+    r = request(gw2.port, "GET", "/status/503")
+    assert len(upstream.requests) + len(upstream2.requests) == 2
+
+
+def test_tries_limit(gateway):
+    deads = [Dead() for _ in range(3)]
+    servers = " ".join(f"server 127.0.0.1:{d.port};" for d in deads)
+    gw = gateway(conf(servers, "proxy_next_upstream_tries 2;"))
+    r = request(gw.port, "GET", "/")
+    assert r.status == 502
+
+
+def test_backup_takes_over_and_primary_returns_after_fail_timeout(gateway, upstream, upstream2):
+    # The primary is a port we control: closed at first, then listening.
+    primary = free_port()
+    gw = gateway(conf(f"server 127.0.0.1:{primary} fail_timeout=1s; "
+                      f"server 127.0.0.1:{upstream2.port} backup;"))
+    r = request(gw.port, "GET", "/a")
+    assert r.status == 200 and len(upstream2.requests) == 1
+    # Start a server on the primary's port: it is skipped until fail_timeout passes.
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", primary))
+    srv.listen(8)
+    got = []
+
+    def serve():
+        srv.settimeout(5)
+        try:
+            c, _ = srv.accept()
+        except OSError:
+            return
+        c.recv(65536)
+        got.append(1)
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nprimary")
+        c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    r = request(gw.port, "GET", "/b")
+    assert r.status == 200 and not got  # still on the backup
+    time.sleep(1.2)
+    r = request(gw.port, "GET", "/c")
+    t.join(6)
+    srv.close()
+    assert got and r.body == b"primary"
+
+
+def test_read_timeout_is_504_and_gateway_keeps_serving(gateway, upstream):
+    silent = Silent()
+    try:
+        gw = gateway(conf(f"server 127.0.0.1:{silent.port};", "proxy_next_upstream off;"))
+        t0 = time.monotonic()
+        r = request(gw.port, "GET", "/", timeout=10)
+        assert r.status == 504
+        assert time.monotonic() - t0 < 5
+    finally:
+        silent.close()
+
+
+def test_least_conn_and_hash_directives_serve(gateway, upstream, upstream2):
+    servers = f"server 127.0.0.1:{upstream.port}; server 127.0.0.1:{upstream2.port};"
+    gw = gateway(conf("least_conn; " + servers))
+    assert [request(gw.port, "GET", "/").status for _ in range(4)] == [200] * 4
+    gw2 = gateway(conf("hash $arg_user; " + servers))
+    upstream.clear()
+    upstream2.clear()
+    for _ in range(6):
+        assert request(gw2.port, "GET", "/?user=alice").status == 200
+    assert sorted([len(upstream.requests), len(upstream2.requests)]) == [0, 6]
