@@ -10,7 +10,9 @@ only ever catches what is drawn here::
      │                      ``bearer_error`` the RFC 6750 §3.1 ``error=`` value
      ├── KeySourceError     a key source (JWK file) could not be loaded; HTTP 500 at request time
      ├── HTTPError          a malformed or over-limit client request; ``status`` is the answer
-     └── UpstreamError      the upstream failed; ``status`` is 502 or 504 (NGINX's choice)
+     ├── UpstreamError      the upstream failed; ``status`` is 502 or 504 (NGINX's choice)
+     └── StateError         the shared-state backend (Redis) failed or timed out; limits then
+                            fail open or closed as configured
 
 The CLI is the only place that turns these into exit codes and printed lines.
 """
@@ -24,6 +26,7 @@ __all__ = [
     "KeySourceError",
     "HTTPError",
     "UpstreamError",
+    "StateError",
 ]
 
 
@@ -107,3 +110,15 @@ class UpstreamError(JwtgateError):
         self.reason = reason
         self.kind = kind or ("timeout" if status == 504 else "error")
         super().__init__(f"{status}: {reason}")
+
+
+class StateError(JwtgateError):
+    """The shared-state backend (Redis) could not answer in time.
+
+    Args:
+        reason: what failed, for the error log (never a password: URLs are shown redacted).
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)

@@ -16,6 +16,11 @@ from jwtgate.http.uri import normalize_path, split_target
 __all__ = ["RequestHead", "read_head"]
 
 
+#: Fields NGINX accepts once only (ngx_http_process_unique_header_line); a repeat is 400.
+_UNIQUE = frozenset({"host", "authorization", "content_length", "transfer_encoding", "expect",
+                     "if_modified_since", "if_unmodified_since", "if_range", "content_range"})
+
+
 @dataclass(frozen=True, slots=True)
 class RequestHead:
     """One request head, checked.
@@ -61,7 +66,9 @@ def read_head(method: str, version: str, target: str,
 
     Raises:
         HTTPError: 505 for another version; 400 for a bad target, URI, ``Content-Length``,
-            both ``Content-Length`` and ``Transfer-Encoding``, or HTTP/1.1 without ``Host``;
+            both ``Content-Length`` and ``Transfer-Encoding``, ``Transfer-Encoding`` in
+            HTTP/1.0, a repeated unique field (``Host``, ``Authorization``...), or HTTP/1.1
+            without ``Host``;
             501 for a ``Transfer-Encoding`` other than ``chunked``.
     """
     if version not in ("1.1", "1.0"):
@@ -79,6 +86,9 @@ def read_head(method: str, version: str, target: str,
             continue
         key = name.decode("latin-1").lower().replace("-", "_")
         sval = value.decode("latin-1")
+        if key in _UNIQUE and key in http:
+            # Two Authorization or Host fields: which one would the upstream believe?
+            raise HTTPError(400, f"client sent duplicate header line: {name.decode('latin-1')}")
         if key == "content_length":
             if content_length is not None or not value.isdigit():
                 raise HTTPError(400, "invalid Content-Length")
@@ -95,6 +105,9 @@ def read_head(method: str, version: str, target: str,
         headers.append((name, value))
     if chunked and content_length is not None:
         raise HTTPError(400, "both Content-Length and Transfer-Encoding")
+    if chunked and version == "1.0":
+        # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+        raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
     if host:
         http["host"] = host
     elif version == "1.1" and "host" not in http:

@@ -192,10 +192,14 @@ class Responder:
                 fields (bytes pairs).
             length: the body length in bytes, or ``None`` when unknown.
         """
+        if self.started:
+            raise RuntimeError("response already started")
         ctx = self.ctx
         ctx.status = status
         self.started = True
         no_body = status < 200 or status in (204, 304)
+        if no_body:
+            self.head_only = True
         parts = [status_line(status, "1.1"), b"Server: jwtgate\r\nDate: ", http_date(), b"\r\n"]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
@@ -308,6 +312,7 @@ class HttpProtocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self.flow_listener: tuple[Callable[[], None], Callable[[], None]] | None = None
         self._bad = False
+        self._in_head = False
         self.active = False
 
     # -- connection ---------------------------------------------------------------------
@@ -375,6 +380,11 @@ class HttpProtocol(asyncio.Protocol):
             self._timer = loop.call_at(deadline, self._on_timeout)
         elif self._task is None:
             self.close()
+        elif self._in_head:
+            # A pipelined head still incomplete after client_header_timeout: answer the
+            # request in flight, then close.
+            self._closing = True
+            self.pause_reading("timeout")
 
     # -- flow control ---------------------------------------------------------------------
 
@@ -455,6 +465,7 @@ class HttpProtocol(asyncio.Protocol):
         self._next()
 
     def on_message_begin(self) -> None:
+        self._in_head = True
         self._url = b""
         self._headers = []
         self._head_bytes = 0
@@ -479,6 +490,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._cancel_timer()
         parser = self._parser
         assert self.conn is not None
@@ -556,7 +568,8 @@ class HttpProtocol(asyncio.Protocol):
         self.resume_reading("pipeline")
         if self._queue:
             self._next()
-        else:
+        elif not self._in_head:
+            # (a head already begun keeps its client_header_timeout deadline)
             self._set_timer(limits.keepalive_timeout)
 
     def _answer_error(self, err: HTTPError) -> None:

@@ -72,11 +72,9 @@ def normalize_path(path: str) -> str:
         if "%" in _PCT.sub("", path):
             raise HTTPError(400, "invalid percent-encoding in URI")
         raw = _PCT.sub(lambda m: chr(int(m.group(1), 16)), path)
-        # Decoded octets are bytes of UTF-8; keep undecodable ones as latin-1 so nothing is lost.
-        try:
-            path = raw.encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            path = raw
+        # Decoded octets are bytes of UTF-8; undecodable ones are kept as surrogate escapes,
+        # so escape_path gives back exactly the octets the client sent (%FF stays %FF).
+        path = raw.encode("latin-1").decode("utf-8", "surrogateescape")
     if "\x00" in path:
         raise HTTPError(400, "NUL in URI")
     if "//" not in path and "/." not in path:
@@ -107,4 +105,4 @@ _SAFE = "/!$&'()*+,;=:@-._~"
 
 def escape_path(path: str) -> str:
     """Percent-encode a decoded path for sending upstream (RFC 3986 §3.3 pchar kept)."""
-    return quote(path, safe=_SAFE)
+    return quote(path.encode("utf-8", "surrogateescape"), safe=_SAFE)

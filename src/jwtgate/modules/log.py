@@ -47,7 +47,7 @@ def escape_default(value: str) -> str:
     if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
         return value
     out = []
-    for byte in value.encode("utf-8", "surrogateescape"):
+    for byte in value.encode("utf-8", "backslashreplace"):
         if byte < 0x20 or byte > 0x7E or byte in (0x22, 0x5C):
             out.append(f"\\x{byte:02X}")
         else:
@@ -201,5 +201,5 @@ class _Origin:
 
 def _make_logger(target: AccessLog, fmt: Any) -> Any:
     def write_line(ctx: Any) -> None:
-        target.write((fmt(ctx) + "\n").encode("utf-8", "surrogateescape"))
+        target.write((fmt(ctx) + "\n").encode("utf-8", "backslashreplace"))
     return write_line

@@ -260,6 +260,8 @@ class ProxyModule(Module):
         if name == "upstream":
             return self._parse_upstream(build, d)
         if name == "proxy_pass":
+            if level.own("proxy_pass"):
+                raise build.error('"proxy_pass" directive is duplicate', d)
             url = d.args[0]
             if "$" in url:
                 raise build.error('variables in "proxy_pass" are not supported yet', d)
@@ -441,7 +443,10 @@ class ProxyHandler:
         parts = [ctx.method.encode("latin-1"), b" ", self.upstream_uri(ctx).encode("utf-8"),
                  self.request_line_tail]
         for name, value in self.set_headers:
-            raw = value(ctx).encode("utf-8")
+            try:
+                raw = value(ctx).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate from a claim's JSON escape
+                raw = b"\x00"
             if not raw:
                 continue
             if not valid_field_value(raw):

@@ -96,8 +96,11 @@ class UpstreamConnection(asyncio.Protocol):
         peer: the :class:`~jwtgate.upstream.balancer.Peer` it is connected to.
     """
 
-    def __init__(self, peer: Any) -> None:
+    def __init__(self, peer: Any, max_head: int = 32 * 1024) -> None:
         self.peer = peer
+        #: most bytes of status line and header fields accepted (``proxy_buffer_size``)
+        self.max_head = max_head
+        self._head_bytes = 0
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.requests = 0
@@ -145,6 +148,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Start ``exchange`` on this connection (before the request is written)."""
         self.exchange = exchange
         self.requests += 1
+        self._head_bytes = 0
         self._parser = httptools.HttpResponseParser(self)
         exchange.last_read = time.monotonic()
         if self._timer is None:
@@ -218,23 +222,46 @@ class UpstreamConnection(asyncio.Protocol):
             ex.fail(UpstreamError(502, "upstream switched protocols"))
             self.abort()
         except httptools.HttpParserError as e:
-            ex.fail(UpstreamError(502, f"upstream sent an invalid response: {e}", "invalid_header"))
+            cause = e.__context__
+            ex.fail(cause if isinstance(cause, UpstreamError)
+                    else UpstreamError(502, f"upstream sent an invalid response: {e}", "invalid_header"))
+            if ex.complete and ex.sink is not None:
+                ex.sink.flush()  # the response itself was whole; only what followed it is bad
             self.abort()
+
+    def on_message_begin(self) -> None:
+        ex = self.exchange
+        if ex is not None and ex.head_seen:
+            # A second response to one request: the connection is out of step; drop it.
+            raise UpstreamError(502, "upstream sent more data after the response", "invalid_header")
+
+    def on_status(self, status: bytes) -> None:
+        self._count_head(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.exchange
         assert ex is not None
+        self._count_head(len(name) + len(value) + 4)
         if len(ex.headers) >= 200:
-            raise UpstreamError(502, "upstream sent too many header fields")
+            raise UpstreamError(502, "upstream sent too many header fields", "invalid_header")
         ex.headers.append((name, value))
+
+    def _count_head(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > self.max_head:
+            # NGINX: "upstream sent too big header" (proxy_buffer_size).
+            raise UpstreamError(502, "upstream sent too big header", "invalid_header")
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
         assert ex is not None
         status = self._parser.get_status_code()
-        if 100 <= status < 200:
+        if not 100 <= status <= 599:
+            raise UpstreamError(502, f"upstream sent an invalid status {status}", "invalid_header")
+        if status < 200:
             # Interim responses (100 Continue, 103) are not forwarded; the final one follows.
             ex.headers = []
+            self._head_bytes = 0
             return
         ex.status = status
         for name, value in ex.headers:
