@@ -49,11 +49,13 @@ def cli() -> None:
 @click.option("-c", "--conf", "conf", required=True, type=click.Path(dir_okay=False),
               help="The configuration file.")
 def run(conf: str) -> None:
-    """Run the gateway in the foreground (logs to stderr; stops on SIGTERM or SIGINT).
+    """Run the gateway in the foreground until SIGTERM or SIGINT.
+
+    Logs go to stderr unless error_log says otherwise.
 
     \b
     Signals: HUP reloads the configuration, QUIT stops gracefully,
-    TERM/INT stop at once, USR1 reopens access logs.
+    TERM/INT stop at once, USR1 reopens the log files.
 
     \b
     Example:
@@ -84,7 +86,7 @@ def run(conf: str) -> None:
               help="The configuration file to test.")
 @click.option("--dump", is_flag=True, help="Also print the configuration as loaded (like nginx -T).")
 def check(conf: str, dump: bool) -> None:
-    """Test a configuration file, like ``nginx -t``.
+    """Test a configuration file, like "nginx -t".
 
     Exits 0 with "configuration file FILE test is successful", or 1 with each error as
     "[emerg] MESSAGE in FILE:LINE".

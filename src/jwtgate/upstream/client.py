@@ -276,7 +276,9 @@ class UpstreamConnection(asyncio.Protocol):
             ex.length = None
         ex.keep_alive = self._parser.should_keep_alive()
         ex.head_seen = True
-        sink = ex.on_head(status, ex.headers, 0 if (ex.head_only or status in (204, 304)) else ex.length)
+        # A HEAD answer keeps the length the upstream announced (RFC 9110 §9.3.2); the
+        # responder sends no body for HEAD, 204 and 304 whatever the length says.
+        sink = ex.on_head(status, ex.headers, ex.length)
         ex.sink = sink
         sink.on_writable(self._pause_reading, self._resume_reading)
         if sink.writing_paused:
