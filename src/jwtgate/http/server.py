@@ -19,6 +19,7 @@ import httptools
 
 from jwtgate.errors import HTTPError
 from jwtgate.http.head import read_head
+from jwtgate.http.tunnel import Tunnel
 from jwtgate.http.writer import chunk, error_body, http_date, status_line
 from jwtgate.runtime.context import ConnectionInfo, RequestContext
 
@@ -197,6 +198,9 @@ class Responder:
         ctx = self.ctx
         ctx.status = status
         self.started = True
+        if ctx.header_filter is not None:  # add_header (modules/headers.py)
+            headers = ctx.header_filter(ctx, status, headers)
+        ctx.sent_headers, ctx.sent_length = headers, length  # $sent_http_*
         no_body = status < 200 or status in (204, 304)
         if no_body:
             self.head_only = True
@@ -262,6 +266,40 @@ class Responder:
         """Wait until the client socket accepts more data."""
         await self._proto.drain()
 
+    @property
+    def upgrade_pending(self) -> bool:
+        """Whether the client asked to switch protocols and waits for the answer."""
+        return self._proto.upgrade_pending
+
+    def switch_protocols(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Write ``101 Switching Protocols`` with ``headers`` (which carry ``Upgrade``)."""
+        ctx = self.ctx
+        ctx.status = 101
+        self.started = self.finished = True
+        self.keep_alive = False
+        parts = [status_line(101), b"Server: jwtgate\r\nDate: ", http_date(), b"\r\n"]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"Connection: upgrade\r\n\r\n")
+        head = b"".join(parts)
+        ctx.bytes_sent += len(head)
+        self._out.append(head)
+        self.flush()
+
+    def tunnel(self, upstream: Any, upstream_tail: bytes, idle_timeout: float) -> Tunnel:
+        """Start copying bytes between the client and ``upstream`` (after :meth:`switch_protocols`)."""
+        proto = self._proto
+        tunnel = Tunnel(proto, upstream, idle_timeout)
+        proto.tunnel = tunnel
+        upstream.tunnel = tunnel
+        # Backpressure each way: a full socket pauses reading on the other side.
+        proto.flow_listener = (upstream.pause_reading, upstream.resume_reading)
+        upstream.flow_listener = (lambda: proto.pause_reading("tunnel"), lambda: proto.resume_reading("tunnel"))
+        tail, proto.upgrade_tail = proto.upgrade_tail, b""
+        tunnel.start(tail, upstream_tail)
+        proto.resume_reading("upgrade")
+        return tunnel
+
     def send(self, status: int, headers: list[tuple[bytes, bytes]] | None = None,
              body: bytes | None = None, content_type: bytes = b"text/html") -> None:
         """A whole small response at once; an error page when ``body`` is ``None`` and status >= 400."""
@@ -314,6 +352,10 @@ class HttpProtocol(asyncio.Protocol):
         self._bad = False
         self._in_head = False
         self.active = False
+        #: the last request asked to switch protocols; ``upgrade_tail`` is what followed it
+        self.upgrade_pending = False
+        self.upgrade_tail = b""
+        self.tunnel: Tunnel | None = None
 
     # -- connection ---------------------------------------------------------------------
 
@@ -340,6 +382,8 @@ class HttpProtocol(asyncio.Protocol):
         w = self._drain_waiter
         if w is not None and not w.done():
             w.set_exception(ConnectionError("client closed"))
+        if self.tunnel is not None:
+            self.tunnel.close()
         if self._on_close is not None:
             self._on_close(self)
 
@@ -426,15 +470,19 @@ class HttpProtocol(asyncio.Protocol):
     # -- parsing --------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+            return
         if self._bad:
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # The head was parsed; what follows is not HTTP. Tunnelling is not supported,
-            # so the request is answered and the connection closed after it.
+        except httptools.HttpParserUpgrade as e:
+            # The head asked for another protocol; what follows is not HTTP. Keep it for a
+            # tunnel if the upstream agrees (101); otherwise answer and close.
             self._bad = True
-            self._closing = True
+            self.upgrade_tail = data[int(e.args[0]):] if e.args else b""
+            self.upgrade_pending = True
             self.pause_reading("upgrade")
             if self._task is None and not self._queue:
                 self.close()
@@ -546,7 +594,7 @@ class HttpProtocol(asyncio.Protocol):
             responder = Responder(self, ctx, keep_alive)
             ctx.responder = responder
             await self._handler(ctx)
-            keep_alive = responder.keep_alive and responder.finished
+            keep_alive = responder.keep_alive and responder.finished and not self.upgrade_pending
             body = ctx.body
             if not body.complete:
                 pending = (body.length or 0) - body.received

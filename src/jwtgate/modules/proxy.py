@@ -189,6 +189,9 @@ class _Discard:
 
 _DISCARD = _Discard()
 
+# On a 101 the Upgrade field goes through; the gateway writes its own Connection.
+_HIDE_101 = _HIDE_RESPONSE - {b"upgrade"}
+
 
 def _resolve(build: Any, d: Any, hostport: str) -> tuple[list[tuple[str, int]], str]:
     """``host[:port]`` → ([(ip, port), ...], name) resolved now, as NGINX does at load time."""
@@ -244,12 +247,15 @@ class ProxyModule(Module):
 
     name = "proxy"
     directives = DIRECTIVES
+    auto_redirect = True  # NGINX: "location /x/ { proxy_pass ...; }" redirects "/x" to "/x/"
 
     def declare(self, build: Any) -> None:
         add = build.variables.add
         add("upstream_addr", lambda ctx: ctx.upstream_addr, self.name)
         add("upstream_status", lambda ctx: ctx.upstream_status, self.name)
         add("upstream_response_time", lambda ctx: ctx.upstream_response_time, self.name)
+        add("upstream_connect_time", lambda ctx: ctx.upstream_connect_time, self.name)
+        add("upstream_header_time", lambda ctx: ctx.upstream_header_time, self.name)
         add("proxy_host", lambda ctx: _proxy_state(ctx, 0), self.name)
         add("proxy_port", lambda ctx: _proxy_state(ctx, 1), self.name)
         add("proxy_add_x_forwarded_for", _x_forwarded_for, self.name)
@@ -504,6 +510,7 @@ class ProxyHandler:
             if peer is None:
                 raise UpstreamError(502, f'no live upstreams while connecting to upstream "{group.name}"')
             tried.append(peer)
+            attempt = time.monotonic()  # $upstream_connect_time, $upstream_header_time
             conn = pool.acquire(peer)
             reused = conn is not None
             if conn is None:
@@ -515,6 +522,7 @@ class ProxyHandler:
                             self._may_retry(ctx, tried, start, sent=False, body_started=False):
                         continue
                     raise
+            ctx.upstream_connect_time = f"{time.monotonic() - attempt:.3f}"
             retried: list[int] = []
 
             def on_head(status: int, headers: list[tuple[bytes, bytes]], length: int | None) -> Any:
@@ -522,7 +530,14 @@ class ProxyHandler:
                         ctx, tried, start, sent=True, body_started=has_body):
                     retried.append(status)
                     return _DISCARD
+                ctx.upstream_header_time = f"{time.monotonic() - attempt:.3f}"
                 ctx.upstream_status = _append(ctx.upstream_status, str(status))
+                if status == 101:
+                    if not responder.upgrade_pending:
+                        raise UpstreamError(502, "upstream switched protocols unasked", "invalid_header")
+                    responder.switch_protocols([(n, v) for n, v in headers if n.lower() not in _HIDE_101
+                                                and valid_field_value(v)])
+                    return responder
                 out = []
                 hide = self.hide
                 for name, value in headers:
@@ -566,6 +581,17 @@ class ProxyHandler:
             finally:
                 peer.active -= 1
             ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)
+            if ex.status == 101:
+                # WebSocket (or other Upgrade): copy bytes both ways until either side closes.
+                balancer.succeeded(peer)
+                tunnel = responder.tunnel(conn, ex.upgrade_tail, self.read_timeout)
+                peer.active += 1
+                try:
+                    await tunnel.done
+                finally:
+                    peer.active -= 1
+                    tunnel.close()
+                return
             if retried:
                 # An http_5xx answer passed on to the next server; 403/404/429 are not failures.
                 pool.release(conn, self.keep_alive and ex.keep_alive and ex.complete and body_sent)

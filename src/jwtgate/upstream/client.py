@@ -57,7 +57,7 @@ class Exchange:
 
     __slots__ = ("on_head", "head_only", "read_timeout", "done", "status", "headers", "head_seen",
                  "received", "keep_alive", "sink", "complete", "length", "chunked", "last_read",
-                 "abandoned")
+                 "abandoned", "upgrade_tail")
 
     def __init__(self, on_head: HeadCallback, head_only: bool, read_timeout: float) -> None:
         self.on_head = on_head
@@ -66,6 +66,8 @@ class Exchange:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: the proxy gave up on this exchange (client gone, body failed): no one awaits ``done``
         self.abandoned = False
+        #: after a 101, the bytes the upstream sent behind the head (the tunnel's first bytes)
+        self.upgrade_tail = b""
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_seen = False
@@ -110,6 +112,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self.idle_since = 0.0
+        #: set once the connection carries a WebSocket (or other upgraded) tunnel
+        self.tunnel: Any = None
+        #: called on pause_writing/resume_writing while tunnelling
+        self.flow_listener: tuple[Callable[[], None], Callable[[], None]] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("busy" if self.exchange else "idle")
@@ -123,6 +129,8 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        if self.tunnel is not None:
+            self.tunnel.close()
         ex = self.exchange
         if ex is not None and not ex.complete:
             if ex.head_seen and ex.length is None and not ex.chunked and not ex.head_only:
@@ -135,9 +143,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self.flow_listener is not None:
+            self.flow_listener[0]()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self.flow_listener is not None:
+            self.flow_listener[1]()
         w = self._drain
         if w is not None and not w.done():
             w.set_result(None)
@@ -207,6 +219,9 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_upstream(data)
+            return
         ex = self.exchange
         if ex is None or self._parser is None:
             # Bytes from an idle upstream connection: it is out of step; never reuse it.
@@ -218,9 +233,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
             if ex.sink is not None:
                 ex.sink.flush()
-        except httptools.HttpParserUpgrade:
-            ex.fail(UpstreamError(502, "upstream switched protocols"))
-            self.abort()
+        except httptools.HttpParserUpgrade as e:
+            if ex.status == 101 and ex.head_seen:
+                # The head went to the client; the rest belongs to the tunnel.
+                ex.upgrade_tail = data[int(e.args[0]):] if e.args else b""
+                ex.finish()
+            else:
+                ex.fail(UpstreamError(502, "upstream switched protocols unasked"))
+                self.abort()
         except httptools.HttpParserError as e:
             cause = e.__context__
             ex.fail(cause if isinstance(cause, UpstreamError)
@@ -258,7 +278,7 @@ class UpstreamConnection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if not 100 <= status <= 599:
             raise UpstreamError(502, f"upstream sent an invalid status {status}", "invalid_header")
-        if status < 200:
+        if status < 200 and status != 101:
             # Interim responses (100 Continue, 103) are not forwarded; the final one follows.
             ex.headers = []
             self._head_bytes = 0
@@ -300,6 +320,13 @@ class UpstreamConnection(asyncio.Protocol):
             if ex.sink is not None:
                 ex.sink.end()
             ex.finish()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the upstream (the other side of a tunnel is full)."""
+        self._pause_reading()
+
+    def resume_reading(self) -> None:
+        self._resume_reading()
 
     def _pause_reading(self) -> None:
         if self.transport is not None and not self.closed:

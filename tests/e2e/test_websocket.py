@@ -1,0 +1,165 @@
+"""WebSocket (Upgrade) tunnelling through proxy_pass, configured as NGINX documents it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socket
+import threading
+
+from jwtgate_e2e import POST_TOKEN
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class EchoWebSocketServer:
+    """A minimal RFC 6455 server: completes the handshake, then echoes raw bytes back."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.heads: list[bytes] = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        with c:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = c.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            self.heads.append(head)
+            fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+            if fields.get(b"Upgrade", b"").lower() != b"websocket":
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+                return
+            accept = base64.b64encode(hashlib.sha1(fields[b"Sec-WebSocket-Key"] + GUID).digest())
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\nhello")
+            if rest:
+                c.sendall(rest)
+            while True:
+                chunk = c.recv(65536)
+                if not chunk:
+                    return
+                c.sendall(chunk)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+CONF = """
+server {{
+    listen 127.0.0.1:{{port}};
+    location /ws/ {{
+        auth_jwt "ws" token=$arg_token;
+        auth_jwt_key_file {{keys}};
+        proxy_pass http://127.0.0.1:{ws_port};
+        {headers}
+        proxy_read_timeout 2s;
+    }}
+}}
+"""
+UPGRADE_HEADERS = 'proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade";'
+
+
+def handshake(port: int, path: str) -> tuple[socket.socket, bytes]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = base64.b64encode(os.urandom(16))
+    s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return s, data
+
+
+def test_websocket_tunnel_both_ways(gateway):
+    ws = EchoWebSocketServer()
+    try:
+        gw = gateway(CONF.format(ws_port=ws.port, headers=UPGRADE_HEADERS))
+        s, head = handshake(gw.port, f"/ws/chat?token={POST_TOKEN}")
+        with s:
+            assert head.startswith(b"HTTP/1.1 101 ")
+            assert b"upgrade: websocket" in head.lower()
+            rest = head.split(b"\r\n\r\n", 1)[1]
+            while len(rest) < 5:
+                rest += s.recv(100)
+            assert rest == b"hello"
+            payload = os.urandom(300_000)
+            s.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                chunk = s.recv(65536)
+                assert chunk, "tunnel closed early"
+                got += chunk
+            assert got == payload
+        assert b"Upgrade: websocket" in ws.heads[-1]
+    finally:
+        ws.close()
+
+
+def test_upgrade_needs_a_token(gateway):
+    ws = EchoWebSocketServer()
+    try:
+        gw = gateway(CONF.format(ws_port=ws.port, headers=UPGRADE_HEADERS))
+        s, head = handshake(gw.port, "/ws/chat")
+        with s:
+            assert head.startswith(b"HTTP/1.1 401 ")
+        assert ws.heads == []
+    finally:
+        ws.close()
+
+
+def test_without_upgrade_headers_the_request_is_answered_and_closed(gateway):
+    ws = EchoWebSocketServer()
+    try:
+        gw = gateway(CONF.format(ws_port=ws.port, headers=""))
+        s, head = handshake(gw.port, f"/ws/chat?token={POST_TOKEN}")
+        with s:
+            assert head.startswith(b"HTTP/1.1 200 ")
+            s.settimeout(5)
+            tail = b""
+            while True:
+                chunk = s.recv(100)
+                if not chunk:
+                    break
+                tail += chunk
+        assert b"Upgrade" not in ws.heads[-1]
+    finally:
+        ws.close()
+
+
+def test_idle_tunnel_closes_after_read_timeout(gateway):
+    ws = EchoWebSocketServer()
+    try:
+        gw = gateway(CONF.format(ws_port=ws.port, headers=UPGRADE_HEADERS))
+        s, head = handshake(gw.port, f"/ws/chat?token={POST_TOKEN}")
+        with s:
+            assert head.startswith(b"HTTP/1.1 101 ")
+            s.settimeout(6)
+            data = head.split(b"\r\n\r\n", 1)[1]
+            while True:
+                chunk = s.recv(100)
+                if not chunk:
+                    break
+                data += chunk
+            assert data == b"hello"  # then closed by the 2 s idle timeout
+    finally:
+        ws.close()
