@@ -8,7 +8,9 @@ sets always replaces the client's header of the same name and an empty value rem
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +89,24 @@ DIRECTIVES = (
     _spec("proxy_hide_header", HSL, 1, 1, "proxy_hide_header field;",
           "A response header not passed to the client (beside Date, Server, X-Pad, X-Accel-*).",
           inherit=Inherit.ARRAY),
+    _spec("proxy_ssl_verify", HSL, 1, 1, "proxy_ssl_verify on | off;",
+          "Verifies the `https://` upstream's certificate (and its name, `proxy_ssl_name`).",
+          default="off", nginx_notes="As in NGINX, off by default; `jwtgate check` warns about "
+                                     "https upstreams that are not verified."),
+    _spec("proxy_ssl_trusted_certificate", HSL, 1, 1, "proxy_ssl_trusted_certificate file;",
+          "PEM CA certificates that verify the upstream (required by `proxy_ssl_verify on`)."),
+    _spec("proxy_ssl_server_name", HSL, 1, 1, "proxy_ssl_server_name on | off;",
+          "Sends the server name (SNI) in the TLS handshake.", default="off",
+          nginx_notes="With `proxy_ssl_verify on` the name is always sent (Python ties SNI to "
+                      "the name it verifies)."),
+    _spec("proxy_ssl_name", HSL, 1, 1, "proxy_ssl_name name;",
+          "The name verified and sent as SNI.", default="the host of proxy_pass"),
+    _spec("proxy_ssl_protocols", HSL, 1, None, "proxy_ssl_protocols [TLSv1.2] [TLSv1.3];",
+          "TLS versions offered to the upstream.", default="TLSv1.2 TLSv1.3"),
+    _spec("proxy_ssl_certificate", HSL, 1, 1, "proxy_ssl_certificate file;",
+          "Client certificate (PEM) presented to the upstream (mutual TLS)."),
+    _spec("proxy_ssl_certificate_key", HSL, 1, 1, "proxy_ssl_certificate_key file;",
+          "The key of `proxy_ssl_certificate` (PEM)."),
     _spec("proxy_buffering", HSL, 1, 1, "proxy_buffering on | off;",
           "Accepted for compatibility: responses are always streamed as they arrive.", default="on"),
 )
@@ -133,6 +153,53 @@ class ProxyPass:
     host: str
     uri: str | None
     directive: Any
+    scheme: str = "http"
+
+
+_TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def upstream_tls(build: Any, loc: Any, pp: ProxyPass, host: str) -> tuple[ssl.SSLContext, str | None]:
+    """The client TLS context for an ``https://`` upstream, built once per settings.
+
+    Follows NGINX's ``proxy_ssl_*`` directives: no verification unless ``proxy_ssl_verify
+    on`` (which then needs ``proxy_ssl_trusted_certificate``), SNI only with
+    ``proxy_ssl_server_name on``.
+
+    Raises:
+        ConfigError: verification without CA certificates, or unreadable PEM files.
+    """
+    verify = loc.get("proxy_ssl_verify", False)
+    ca = loc.get("proxy_ssl_trusted_certificate")
+    cert = loc.get("proxy_ssl_certificate")
+    key = loc.get("proxy_ssl_certificate_key")
+    protocols = tuple(loc.get("proxy_ssl_protocols", ("TLSv1.2", "TLSv1.3")))
+    name = loc.get("proxy_ssl_name") or host.strip("[]")
+    sni = loc.get("proxy_ssl_server_name", False) or verify
+    if verify and not ca:
+        raise build.error('no "proxy_ssl_trusted_certificate" for "proxy_ssl_verify"', pp.directive)
+    if not verify:
+        build.warn(f'the certificate of upstream "{pp.host}" is not verified (proxy_ssl_verify off)',
+                   pp.directive)
+    cache = build.shared["proxy"].setdefault("tls", {})
+    cache_key = (verify, ca, cert, key, protocols)
+    context = cache.get(cache_key)
+    if context is None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        versions = sorted(_TLS_VERSIONS[p] for p in protocols)
+        context.minimum_version, context.maximum_version = versions[0], versions[-1]
+        try:
+            if verify:
+                context.load_verify_locations(ca)
+            else:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if cert:
+                context.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as e:
+            raise build.error(f"cannot load TLS certificates for the upstream: {e}", pp.directive) from None
+        cache[cache_key] = context
+    return context, (name if sni else None)
 
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -193,15 +260,15 @@ _DISCARD = _Discard()
 _HIDE_101 = _HIDE_RESPONSE - {b"upgrade"}
 
 
-def _resolve(build: Any, d: Any, hostport: str) -> tuple[list[tuple[str, int]], str]:
+def _resolve(build: Any, d: Any, hostport: str, default_port: str = "80") -> tuple[list[tuple[str, int]], str]:
     """``host[:port]`` → ([(ip, port), ...], name) resolved now, as NGINX does at load time."""
     if hostport.startswith("["):
         host, _, rest = hostport[1:].partition("]")
-        port_s = rest[1:] if rest.startswith(":") else "80"
+        port_s = rest[1:] if rest.startswith(":") else default_port
     elif ":" in hostport:
         host, port_s = hostport.rsplit(":", 1)
     else:
-        host, port_s = hostport, "80"
+        host, port_s = hostport, default_port
     if not port_s.isdigit() or not 0 < int(port_s) < 65536 or not host:
         raise build.error(f'invalid host or port in upstream "{hostport}"', d)
     port = int(port_s)
@@ -271,11 +338,9 @@ class ProxyModule(Module):
             url = d.args[0]
             if "$" in url:
                 raise build.error('variables in "proxy_pass" are not supported yet', d)
-            if url.startswith("https://"):
-                raise build.error('"https://" upstreams are not supported yet', d)
-            if not url.startswith("http://"):
+            scheme, sep, rest = url.partition("://")
+            if not sep or scheme.lower() not in ("http", "https"):
                 raise build.error(f'invalid URL prefix in "{url}"', d)
-            rest = url[len("http://"):]
             host, slash, path = rest.partition("/")
             if not host:
                 raise build.error(f'no host in "{url}" of the "proxy_pass" directive', d)
@@ -284,7 +349,7 @@ class ProxyModule(Module):
             if uri is not None and loc is not None and loc.kind in ("~", "~*", "@"):
                 raise build.error('"proxy_pass" cannot have URI part in location given by regular '
                                   'expression, or inside named location', d)
-            return ProxyPass(host, uri, d)
+            return ProxyPass(host, uri, d, scheme.lower())
         if name == "proxy_set_header":
             field_name = d.args[0]
             if not valid_field_name(field_name.encode("latin-1", "replace")):
@@ -308,7 +373,20 @@ class ProxyModule(Module):
                 return parse_time(d.args[0])
             except ValueError:
                 raise build.error(f'invalid value "{d.args[0]}" in "{name}" directive', d) from None
-        if name in ("proxy_pass_request_headers", "proxy_buffering"):
+        if name in ("proxy_ssl_trusted_certificate", "proxy_ssl_certificate", "proxy_ssl_certificate_key"):
+            path = build.path(d.args[0])
+            if not os.path.isfile(path):
+                raise build.error(f'open() "{path}" failed (2: No such file or directory)', d)
+            return path
+        if name == "proxy_ssl_name":
+            return d.args[0]
+        if name == "proxy_ssl_protocols":
+            for p in d.args:
+                if p not in _TLS_VERSIONS:
+                    raise build.error(f'invalid value "{p}" in "{name}" directive', d)
+            return d.args
+        if name in ("proxy_pass_request_headers", "proxy_buffering", "proxy_ssl_verify",
+                    "proxy_ssl_server_name"):
             try:
                 return parse_flag(d.args[0])
             except ValueError:
@@ -364,10 +442,10 @@ class ProxyModule(Module):
         group = groups.get(pp.host.lower())
         if group is not None:
             return group
-        key = "implicit:" + pp.host.lower()
+        key = f"implicit:{pp.scheme}:{pp.host.lower()}"
         group = groups.get(key)
         if group is None:
-            addrs, name = _resolve(build, pp.directive, pp.host)
+            addrs, name = _resolve(build, pp.directive, pp.host, "443" if pp.scheme == "https" else "80")
             peers = [Peer(ip, port, name) for ip, port in addrs]
             group = UpstreamGroup(pp.host, Balancer(peers, build.clock), ConnectionPool())
             groups[key] = group
@@ -408,11 +486,14 @@ class ProxyHandler:
         match = loc.location
         self.prefix = match.pattern if match is not None and match.kind in ("", "^~", "=") else None
         host = group.name
-        port = "80"
+        default_port = "443" if pp.scheme == "https" else "80"
+        port = default_port
         if ":" in host and not host.endswith("]"):
             host, port = host.rsplit(":", 1)
-        self.proxy_host = group.name if port != "80" else host
+        self.proxy_host = group.name if port != default_port else host
         self.proxy_port = port
+        #: TLS towards the upstream: (SSLContext, server_hostname or None), or None for http
+        self.tls = upstream_tls(build, loc, pp, host) if pp.scheme == "https" else None
         self.version = loc.get("proxy_http_version", "1.1")
         self.keep_alive = self.version == "1.1"
         self.connect_timeout = loc.get("proxy_connect_timeout", 60.0)
@@ -511,11 +592,11 @@ class ProxyHandler:
                 raise UpstreamError(502, f'no live upstreams while connecting to upstream "{group.name}"')
             tried.append(peer)
             attempt = time.monotonic()  # $upstream_connect_time, $upstream_header_time
-            conn = pool.acquire(peer)
+            conn = pool.acquire(peer, self.tls)
             reused = conn is not None
             if conn is None:
                 try:
-                    conn = await pool.connect(peer, self.connect_timeout)
+                    conn = await pool.connect(peer, self.connect_timeout, self.tls)
                 except UpstreamError as e:
                     self._failed(ctx, peer, e)
                     if self.next_upstream and e.kind in self.next_upstream.kinds and \

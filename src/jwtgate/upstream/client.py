@@ -114,6 +114,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         #: set once the connection carries a WebSocket (or other upgraded) tunnel
         self.tunnel: Any = None
+        #: which TLS settings the connection was made with (pool key; id(None) for plain TCP)
+        self.tls_key = id(None)
         #: called on pause_writing/resume_writing while tunnelling
         self.flow_listener: tuple[Callable[[], None], Callable[[], None]] | None = None
 

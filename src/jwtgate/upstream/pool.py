@@ -8,7 +8,9 @@ they are closed after ``idle_timeout`` seconds or ``max_requests`` requests
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
+from typing import Any
 from collections import deque
 
 from jwtgate.errors import UpstreamError
@@ -31,15 +33,15 @@ class ConnectionPool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.max_requests = max_requests
-        self._idle: dict[int, deque[UpstreamConnection]] = {}
+        self._idle: dict[tuple[int, int], deque[UpstreamConnection]] = {}
 
     def __repr__(self) -> str:
         n = sum(len(q) for q in self._idle.values())
         return f"<ConnectionPool idle={n} max_idle={self.max_idle}>"
 
-    def acquire(self, peer: Peer) -> UpstreamConnection | None:
-        """An idle, open connection to ``peer``, or ``None``."""
-        q = self._idle.get(id(peer))
+    def acquire(self, peer: Peer, tls: Any = None) -> UpstreamConnection | None:
+        """An idle, open connection to ``peer`` (over the same ``tls`` settings), or ``None``."""
+        q = self._idle.get((id(peer), id(tls)))
         now = time.monotonic()
         while q:
             conn = q.pop()
@@ -55,7 +57,7 @@ class ConnectionPool:
                 or conn.requests >= self.max_requests):
             conn.close()
             return
-        q = self._idle.setdefault(id(conn.peer), deque())
+        q = self._idle.setdefault((id(conn.peer), conn.tls_key), deque())
         if len(q) >= self.max_idle:
             q.popleft().close()
         conn.idle_since = time.monotonic()
@@ -63,23 +65,32 @@ class ConnectionPool:
             conn.transport.resume_reading()
         q.append(conn)
 
-    async def connect(self, peer: Peer, timeout: float) -> UpstreamConnection:
+    async def connect(self, peer: Peer, timeout: float, tls: Any = None) -> UpstreamConnection:
         """A new connection to ``peer``.
 
         Args:
-            timeout: seconds (``proxy_connect_timeout``).
+            timeout: seconds for the TCP and TLS handshakes (``proxy_connect_timeout``).
+            tls: ``(ssl.SSLContext, server_hostname or None)`` for an https upstream.
 
         Raises:
-            UpstreamError: 502 when refused or unreachable, 504 on timeout.
+            UpstreamError: 502 when refused, unreachable or the TLS handshake fails
+                (a certificate that does not verify), 504 on timeout.
         """
         loop = asyncio.get_running_loop()
+        kw: dict[str, Any] = {}
+        if tls is not None:
+            kw = {"ssl": tls[0], "server_hostname": tls[1] or ""}
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(peer), peer.host, peer.port), timeout)
+                loop.create_connection(lambda: UpstreamConnection(peer), peer.host, peer.port, **kw), timeout)
         except asyncio.TimeoutError:
             raise UpstreamError(504, f"upstream timed out while connecting to {peer.address}") from None
+        except ssl.SSLError as e:
+            raise UpstreamError(502, f"SSL_do_handshake() failed while connecting to {peer.address} "
+                                     f"({e.reason or e})") from None
         except OSError as e:
             raise UpstreamError(502, f"connect() to {peer.address} failed ({e.strerror or e})") from None
+        conn.tls_key = id(tls)
         return conn
 
     def close_all(self) -> None:
