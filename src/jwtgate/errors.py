@@ -62,7 +62,7 @@ class TokenError(JwtgateError):
 
     Args:
         code: short machine reason, one of ``missing``, ``malformed``, ``too_large``,
-            ``unsupported_alg``, ``no_key``, ``bad_signature``, ``expired``,
+            ``unsupported_alg``, ``no_key``, ``bad_signature``, ``bad_decryption``, ``expired``,
             ``not_yet_valid``, ``bad_claims``, ``wrong_type``, ``crit``. Used as a metric
             label and in the error log; never contains token bytes.
         detail: a human sentence for the error log (never token bytes or key material).

@@ -180,3 +180,49 @@ def test_run_when_the_port_is_taken_exits_1(tmp_path):
     assert p.returncode == 1
     assert f"bind() to 127.0.0.1:{port} failed" in output(p), output(p)
     assert "Traceback" not in output(p)
+
+
+GOLDEN = REPO / "tests" / "golden"
+
+
+def test_check_reports_every_error_in_one_run(tmp_path):
+    """Spec checks, parse errors and errors found while the plan is built, all at once, as
+    ``[emerg] MESSAGE in FILE:LINE`` lines in file order (the golden folder's expectation)."""
+    conf = GOLDEN / "invalid" / "plan_stage.conf"
+    p = run_cli("check", "-c", str(conf))
+    assert p.returncode == 1
+    expected = (GOLDEN / "invalid" / "plan_stage.err").read_text().replace("{dir}", str(conf.parent))
+    emerg = [line.removeprefix("jwtgate: ") for line in p.stderr.splitlines() if "[emerg]" in line]
+    assert emerg == expected.splitlines() and len(emerg) == 5
+    path = write(tmp_path, "server {\n listen 127.0.0.1:1;\n nope;\n location / { return 200 $x; }\n"
+                           " location /a/ { auth_jwt a; proxy_pass http://127.0.0.1:9; }\n}\n")
+    p = run_cli("check", "-c", path)
+    assert p.returncode == 1
+    # the plan stage needs a configuration that passed the spec checks: two errors first
+    assert [line.split("] ", 1)[1] for line in p.stderr.splitlines() if "[emerg]" in line] == [
+        f'unknown directive "nope" in {path}:3', f'unknown "x" variable in {path}:4']
+
+
+def test_check_prints_warnings_and_succeeds(tmp_path):
+    conf = GOLDEN / "valid" / "warnings.conf"
+    p = run_cli("check", "-c", str(conf))
+    assert p.returncode == 0, output(p)
+    assert f'[warn] conflicting server name "a.example" on 127.0.0.1:8084, ignored in {conf}:9' in p.stderr
+    assert "is empty in \"set\"" in p.stderr
+    assert "test is successful" in p.stderr
+
+
+def test_check_dump_prints_the_configuration_with_includes(tmp_path):
+    """``--dump`` prints each file once, in the order read, like ``nginx -T``."""
+    conf = GOLDEN / "valid" / "nginx_conf.conf"
+    p = run_cli("check", "-c", str(conf), "--dump")
+    assert p.returncode == 0, output(p)
+    parts = conf.parent / "parts"
+    expected = "".join(f"# configuration file {f}:\n{f.read_text()}\n" for f in [
+        conf, parts / "10-api.conf", parts / "20-www.conf"])
+    assert p.stdout == expected
+    assert "test is successful" in p.stderr
+    # nothing is dumped from a configuration that does not load
+    bad = GOLDEN / "invalid" / "include_error.conf"
+    p = run_cli("check", "-c", str(bad), "--dump")
+    assert p.returncode == 1 and p.stdout == ""

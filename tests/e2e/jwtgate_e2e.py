@@ -555,6 +555,22 @@ def request(port: int, method: str, path: str, headers: dict | list | None = Non
             c.close()
 
 
+def fetch(port: int, path: str, host: str, method: str = "GET", headers: dict | None = None) -> Response:
+    """One request with exactly this ``Host`` field (:func:`request` lets http.client add its
+    own, so a ``Host`` passed there is sent twice, which the gateway refuses)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        c.putheader("Host", host)
+        for k, v in (headers or {}).items():
+            c.putheader(k, v)
+        c.endheaders()
+        r = c.getresponse()
+        return Response(r.status, r.getheaders(), r.read())
+    finally:
+        c.close()
+
+
 def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 

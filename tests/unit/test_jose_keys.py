@@ -259,3 +259,86 @@ def test_load_oversized_file_fails(tmp_path: Path) -> None:
     path.write_bytes(b" " * (MAX_JWKS_BYTES + 1))
     with pytest.raises(KeySourceError, match="larger than"):
         load_jwk_set_file(str(path))
+
+
+# --- decryption keys (auth_jwt_type encrypted | nested) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("nbytes", "algs", "encs"),
+    [
+        (16, {"A128KW", "A128GCMKW", "dir"}, {"A128GCM"}),
+        (24, {"A192KW", "A192GCMKW", "dir"}, {"A192GCM"}),
+        (32, {"A256KW", "A256GCMKW", "dir"}, {"A256GCM", "A128CBC-HS256"}),
+        (48, {"dir"}, {"A192CBC-HS384"}),
+        (64, {"dir"}, {"A256CBC-HS512"}),
+        (12, set(), set()),
+    ],
+)
+def test_oct_key_decrypts_with_what_its_length_fits(nbytes: int, algs: set[str], encs: set[str]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # joserfc warns about the 12-byte key
+        jwk = OctKey.import_key(b"k" * nbytes).as_dict()
+    entry = parse_jwk_set(jwks(jwk), "x").entries[0]
+    assert entry.decrypt_algorithms == algs and entry.dir_encs == encs
+    assert entry.algorithms == {"HS256", "HS384", "HS512"}  # and it still verifies HMAC of any length
+
+
+def test_rsa_decryption_needs_the_private_half_and_keeps_it_only_for_decryption() -> None:
+    key = RSAKey.generate_key(2048)
+    entry = parse_jwk_set(jwks(dict(key.as_dict(private=True))), "x").entries[0]
+    assert entry.decrypt_algorithms == {"RSA-OAEP", "RSA-OAEP-256", "RSA-OAEP-384", "RSA-OAEP-512"}
+    assert entry.key.is_private is False and entry.decrypt_key.is_private is True
+    assert key.as_dict(private=True)["d"][:16] not in repr(entry) and "decrypts=" in repr(entry)
+    public_entry = parse_jwk_set(jwks(public(key)), "x").entries[0]
+    assert public_entry.decrypt_algorithms == frozenset() and public_entry.decrypt_key is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "algs", "sig"),
+    [
+        ({"use": "enc"}, {"RSA-OAEP", "RSA-OAEP-256", "RSA-OAEP-384", "RSA-OAEP-512"}, set()),
+        ({"use": "sig"}, set(), {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}),
+        ({"alg": "RSA-OAEP-256"}, {"RSA-OAEP-256"}, set()),
+        ({"alg": "PS256"}, set(), {"PS256"}),
+        ({"key_ops": ["decrypt"]}, {"RSA-OAEP", "RSA-OAEP-256", "RSA-OAEP-384", "RSA-OAEP-512"}, set()),
+        ({"key_ops": ["verify"]}, set(), {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}),
+        ({"alg": "RSA1_5"}, set(), set()),
+    ],
+)
+def test_use_alg_and_key_ops_bind_an_rsa_key(extra: dict, algs: set[str], sig: set[str]) -> None:
+    entry = parse_jwk_set(jwks(dict(RSAKey.generate_key(2048).as_dict(private=True)) | extra), "x").entries[0]
+    assert entry.decrypt_algorithms == algs and entry.algorithms == sig
+
+
+@pytest.mark.parametrize("alg", ["A128KW", "dir", "A256GCM"])
+def test_jwe_alg_that_does_not_fit_an_oct_key_is_refused(alg: str) -> None:
+    with pytest.raises(KeySourceError, match=alg):
+        parse_jwk_set(jwks(OctKey.import_key(b"k" * 20).as_dict() | {"alg": alg}), "x")
+
+
+def test_ec_and_okp_keys_decrypt_nothing() -> None:
+    """ECDH-ES is refused, so no EC or OKP key is ever a decryption key."""
+    for key in (ECKey.generate_key("P-256"), OKPKey.generate_key("X25519")):
+        entry = parse_jwk_set(jwks(dict(key.as_dict(private=True)) | {"use": "enc"}), "x").entries[0]
+        assert entry.decrypt_algorithms == frozenset() and entry.decrypt_key is None
+
+
+def test_decrypt_candidates_by_kid_alg_and_enc() -> None:
+    a = OctKey.import_key(b"a" * 16, parameters={"kid": "a"}).as_dict()
+    b = OctKey.import_key(b"b" * 32, parameters={"kid": "b"}).as_dict()
+    s = OctKey.import_key(b"s" * 16, parameters={"kid": "s", "use": "sig"}).as_dict()
+    ks = parse_jwk_set(jwks(a, b, s), "x")
+    assert [e.kid for e in ks.decrypt_candidates("A128KW", "A128GCM", None)] == ["a"]
+    assert [e.kid for e in ks.decrypt_candidates("dir", "A128CBC-HS256", None)] == ["b"]
+    assert ks.decrypt_candidates("dir", "A128CBC-HS256", "a") == ()
+    assert ks.decrypt_candidates("A128KW", "A128GCM", "s") == ()  # use: sig never decrypts
+    assert ks.kids == {"a", "b", "s"}
+
+
+def test_too_many_keys_is_a_key_source_error() -> None:
+    from jwtgate.jose.keys import MAX_JWKS_KEYS
+
+    doc = json.dumps({"keys": [REFERENCE_JWK] * (MAX_JWKS_KEYS + 1)})
+    with pytest.raises(KeySourceError, match="more than"):
+        parse_jwk_set(doc, "x")

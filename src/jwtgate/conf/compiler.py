@@ -1,15 +1,19 @@
 """Compile a directive tree into a frozen :class:`~jwtgate.conf.plan.Plan`.
 
 Steps, as NGINX's configuration cycle: check every directive against its module's spec
-(context, arguments, block), collecting every error rather than stopping at the first;
-let modules declare names (``map`` variables); parse each directive into a typed value on
-its level (http, server, location); merge outer levels into inner ones by each directive's
-inheritance rule; ask each module for its handlers per location. Nothing here touches a
+(context, arguments, block); let modules declare names (``map`` and ``set`` variables, regex
+named captures); parse each directive into a typed value on its level (http, server,
+location); merge outer levels into inner ones by each directive's inheritance rule; ask each
+module for its handlers per location (:mod:`jwtgate.conf.plan`). Errors are collected rather
+than raised at the first: the spec checks, declarations and parses all run before the first
+report, so ``jwtgate check`` lists every error of those stages in one run (the later stages
+run only on a configuration that passed them, as they need its objects). Nothing here touches a
 socket; key files and other static resources are read once, here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -201,14 +205,22 @@ def compile_tree(directives: Sequence[Directive], modules: Sequence[Any], prefix
     for d in main:
         _collect_main(build, d, pending)
     _collect(build, build.http, http_dirs, pending)
-    _raise_if(build)
+    # Every directive that passed its spec check is predeclared and parsed even when others
+    # failed, so that one run reports every error (a directive whose predeclaration failed is
+    # not parsed: its parse would only repeat the error).
+    failed: set[int] = set()
     for level, d, spec in pending:
         try:
             build.owner[id(spec)].predeclare(build, level, d)
         except ConfigError as e:
             build.errors.append(e)
-    _raise_if(build)
+            failed.add(id(d))
     for level, d, spec in pending:
+        if id(d) in failed:
+            continue
+        if level is not None and level.parent is not None and level.parent.ctx is Ctx.LOCATION \
+                and level.parent.location is None and level.directive is d:
+            continue  # nested in a location that failed to parse: its checks would be noise
         try:
             value = build.owner[id(spec)].parse(build, level, d, spec)
         except ConfigError as e:
@@ -297,10 +309,16 @@ def _collect(build: Build, level: Level, directives: Sequence[Directive], pendin
             pending.append((child, d, spec))
             _collect(build, child, d.block or (), pending)
             continue
-        pending.append((level, d, spec))
         if spec.block and spec.block_ctx is Ctx.UPSTREAM:
+            valid = []
             for inner in d.block or ():
                 try:
                     build.find_spec(inner, Ctx.UPSTREAM)
                 except ConfigError as e:
                     build.errors.append(e)
+                else:
+                    valid.append(inner)
+            if len(valid) != len(d.block or ()):
+                # The module parses the block's directives that passed their checks only.
+                d = dataclasses.replace(d, block=tuple(valid))
+        pending.append((level, d, spec))

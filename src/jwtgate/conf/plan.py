@@ -20,12 +20,13 @@ from jwtgate.conf.spec import Ctx
 from jwtgate.errors import ConfigError
 from jwtgate.http.server import HttpLimits
 from jwtgate.modules.base import Phase
-from jwtgate.modules.core import Listen, LocationMatch, make_return_handler
+from jwtgate.modules.core import Listen, LocationMatch
 from jwtgate.runtime.router import LocationMatcher, ServerSelector
 
 __all__ = ["Plan", "ServerPlan", "LocationPlan", "compile_plan"]
 
 _ACCESS_PHASES = (Phase.REWRITE, Phase.PREACCESS, Phase.ACCESS, Phase.POSTACCESS)
+_WILDCARDS = ("0.0.0.0", "::")
 
 
 @dataclass(eq=False)
@@ -39,6 +40,8 @@ class LocationPlan:
         log: log-phase handlers.
         children: nested locations, or ``None``.
         file, line: where it is defined.
+        auto_redirect: a request for the name without its trailing ``/`` gets a 301 to it
+            (NGINX does this for locations whose content handler is ``proxy_pass``).
     """
 
     match: LocationMatch
@@ -48,9 +51,10 @@ class LocationPlan:
     children: LocationMatcher | None
     file: str
     line: int
+    auto_redirect: bool = False
 
     def __repr__(self) -> str:
-        kind = f"{self.match.kind} " if self.match.kind else ""
+        kind = f"{self.match.kind} " if self.match.kind not in ("", "@") else ""
         return f"<location {kind}{self.match.pattern} {self.file}:{self.line}>"
 
 
@@ -59,10 +63,12 @@ class ServerPlan:
     """One virtual server.
 
     Attributes:
-        names: lowercased ``server_name`` values.
+        names: lowercased ``server_name`` values (regexes as written, ``~...``); ``("",)``
+            for a server without ``server_name``, as NGINX.
         primary_name: the first name (``$server_name``).
         listens: its ``listen`` addresses.
-        rewrite: server-level ``return`` handlers (run before location matching).
+        rewrite: server-level rewrite-phase handlers (``set``, ``return``, the ``add_header``
+            filter), run before the location is chosen; each returns as an access handler.
         locations: its :class:`LocationMatcher`.
         log: log handlers for requests that match no location.
     """
@@ -91,7 +97,9 @@ class Plan:
         limits: :class:`HttpLimits` by bound address.
         worker_processes, error_log, pid: main-context settings.
         warnings: non-fatal findings for ``jwtgate check``.
-        pools, access_logs: resources the running gateway opens and closes.
+        pools: upstream connection pools the running gateway closes.
+        resources: what modules need while this Plan serves (access logs, the Redis client,
+            zone state), see :class:`~jwtgate.modules.base.Resource`.
     """
 
     path: str
@@ -104,17 +112,30 @@ class Plan:
     pid: str | None = None
     warnings: list[ConfigError] = field(default_factory=list)
     pools: list[Any] = field(default_factory=list)
-    access_logs: list[Any] = field(default_factory=list)
+    resources: list[Any] = field(default_factory=list)
     build: Build | None = None
 
     def select_server(self, local: str, port: int, host: str) -> ServerPlan:
         """The server for a request that arrived on ``local:port`` with ``Host: host``."""
+        return self.find_server(local, port, host)[0]
+
+    def find_server(self, local: str, port: int, host: str) -> tuple[ServerPlan, Any]:
+        """The server for ``local:port`` and ``host`` (lowercased, without port), and the
+        regex match of its ``server_name`` when a regex chose it (else ``None``).
+
+        The servers listening on exactly ``local:port`` are considered first, then those on
+        the wildcard address of ``port``, as NGINX does.
+        """
         selector = self.selectors.get((local, port))
         if selector is None:
-            selector = self.selectors.get(("0.0.0.0", port)) or self.selectors.get(("::", port))
+            if local.startswith("::ffff:"):
+                selector = self.selectors.get((local[7:], port))
+            if selector is None:
+                first, second = ("::", "0.0.0.0") if ":" in local else ("0.0.0.0", "::")
+                selector = self.selectors.get((first, port)) or self.selectors.get((second, port))
             if selector is None:
                 selector = next(iter(self.selectors.values()))
-        return selector.select(host)
+        return selector.find(host)  # type: ignore[no-any-return]
 
 
 def compile_plan(path: str, modules: Sequence[Any] | None = None, clock: Clock = SYSTEM_CLOCK) -> Plan:
@@ -129,33 +150,49 @@ def compile_plan(path: str, modules: Sequence[Any] | None = None, clock: Clock =
     directives = load(path)
     build = compile_tree(directives, modules if modules is not None else default_modules(),
                          os.path.dirname(path), clock)
-    try:
-        plan = _plan(build, path)
-    except ConfigError as e:
-        raise ConfigErrors([e]) from None
+    plan = _plan(build, path)
+    if build.errors:
+        build.errors.sort(key=lambda e: (e.file or "", e.line or 0))
+        raise ConfigErrors(build.errors)
     return plan
 
 
 def _plan(build: Build, path: str) -> Plan:
+    """The Plan; every error found is added to ``build.errors`` (the caller raises)."""
     servers: list[ServerPlan] = []
     for level in build.servers():
         servers.append(_server(build, level))
     if not servers:
-        raise ConfigError("no \"server\" is defined", path, None)
+        build.errors.append(ConfigError("no \"server\" is defined", path, None))
+        return Plan(path=path, binds=[], selectors={}, limits={}, servers=[], build=build)
     by_addr: dict[tuple[str, int], list[ServerPlan]] = {}
     defaults: dict[tuple[str, int], ServerPlan] = {}
     for server in servers:
         for listen in server.listens:
             key = (listen.host, listen.port)
-            by_addr.setdefault(key, []).append(server)
+            group = by_addr.setdefault(key, [])
+            if server in group:
+                build.errors.append(ConfigError(f"a duplicate listen {_addr_text(key)}", listen.file, listen.line))
+                continue
+            group.append(server)
             if listen.default_server:
                 if key in defaults:
-                    raise ConfigError(f"a duplicate default server for {listen.host}:{listen.port}",
-                                      listen.file, listen.line)
+                    build.errors.append(ConfigError(f"a duplicate default server for {_addr_text(key)}",
+                                                    listen.file, listen.line))
+                    continue
                 defaults[key] = server
     selectors = {key: ServerSelector(group, defaults.get(key)) for key, group in by_addr.items()}
-    wildcard_ports = {port for host, port in by_addr if host in ("0.0.0.0", "::")}
-    binds = [key for key in by_addr if key[0] in ("0.0.0.0", "::") or key[1] not in wildcard_ports]
+    for key, selector in selectors.items():
+        for name, server in selector.conflicts:
+            where = server._name_where.get(name, (server.file, server.line))  # type: ignore[attr-defined]
+            build.warnings.append(ConfigError(f'conflicting server name "{name}" on {_addr_text(key)}, ignored',
+                                              *where))
+    if build.errors:
+        return Plan(path=path, binds=[], selectors=selectors, limits={}, servers=servers, build=build)
+    # NGINX binds "*:port" only when a server listens there, and selects by the accepting
+    # socket's local address afterwards; per address family, as [::] does not cover IPv4.
+    wildcards = {(":" in host, port) for host, port in by_addr if host in _WILDCARDS}
+    binds = [key for key in by_addr if key[0] in _WILDCARDS or (":" in key[0], key[1]) not in wildcards]
     limits = {key: _limits(build, selectors[key].default) for key in binds}
     main = build.main_values
     plan = Plan(
@@ -166,15 +203,16 @@ def _plan(build: Build, path: str) -> Plan:
         pid=build.path(main["pid"][0][0]) if "pid" in main else None,
         warnings=list(build.warnings),
         pools=build.shared["proxy"]["pools"](),
-        access_logs=list(build.shared["log"]["files"].values()),
+        resources=[r for module in build.modules for r in module.resources(build)],
         build=build,
     )
-    if plan.worker_processes > 1:
-        d = main["worker_processes"][1]
-        build.warn(f"worker_processes {plan.worker_processes}: jwtgate serves with one process for "
-                   "now; rate-limit state is per process", d)
-        plan.warnings = list(build.warnings)
     return plan
+
+
+def _addr_text(key: tuple[str, int]) -> str:
+    """An address as NGINX prints it: ``0.0.0.0:80``, ``[::1]:8080``."""
+    host, port = key
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _limits(build: Build, server: ServerPlan) -> HttpLimits:
@@ -197,14 +235,24 @@ def _server(build: Build, level: Level) -> ServerPlan:
     assert d is not None
     listens = tuple(v for v, _ in level.own("listen")) or (Listen("0.0.0.0", 80, False, d.file, d.line),)
     names: list[str] = []
-    for value, _ in level.own("server_name"):
+    where: dict[str, tuple[str, int]] = {}
+    for value, sd in level.own("server_name"):
         names.extend(value)
-    rewrite = tuple(make_return_handler(v) for v, _ in level.own("return")[-1:])
-    locations = LocationMatcher([_location(build, c) for c in level.children if c.ctx is Ctx.LOCATION])
+        for name in value:
+            where.setdefault(name, (sd.file, sd.line))
+    rewrite: list[Any] = []
+    for module in build.modules:
+        try:
+            rewrite.extend(module.server_handlers(build, level).get(Phase.REWRITE, ()))
+        except ConfigError as e:
+            build.errors.append(e)
+    locations = LocationMatcher([loc for c in level.children if c.ctx is Ctx.LOCATION
+                                 for loc in [_location(build, c)] if loc is not None])
     log = tuple(_log_handlers(build, level))
-    plan = ServerPlan(tuple(names), names[0] if names else "", listens, rewrite, locations, log,
-                      d.file, d.line)
+    plan = ServerPlan(tuple(names) or ("",), names[0] if names else "", listens, tuple(rewrite), locations,
+                      log, d.file, d.line)
     plan._level = level  # type: ignore[attr-defined]
+    plan._name_where = where  # type: ignore[attr-defined]
     return plan
 
 
@@ -215,24 +263,41 @@ def _log_handlers(build: Build, level: Level) -> list[Any]:
     return []
 
 
-def _location(build: Build, level: Level) -> LocationPlan:
+def _location(build: Build, level: Level) -> LocationPlan | None:
+    """The plan of one location (and its nested ones); ``None`` when a module reported an
+    error for it (added to ``build.errors``, the other locations are still built)."""
     d = level.directive
     assert d is not None
     by_phase: dict[Phase, list[Any]] = {}
+    auto_redirect = False
+    failed = False
     for module in build.modules:
-        for phase, handlers in module.handlers(build, level).items():
-            by_phase.setdefault(phase, []).extend(handlers)
-    access = tuple(h for phase in _ACCESS_PHASES for h in by_phase.get(phase, ()))
+        try:
+            handlers = module.handlers(build, level)
+        except ConfigError as e:
+            build.errors.append(e)
+            failed = True
+            continue
+        for phase, items in handlers.items():
+            by_phase.setdefault(phase, []).extend(items)
+        if handlers.get(Phase.CONTENT) and getattr(module, "auto_redirect", False):
+            auto_redirect = True
     content = by_phase.get(Phase.CONTENT, [])
     if len(content) > 1:
-        raise ConfigError("more than one content handler (proxy_pass, return...) in location", d.file, d.line)
-    children = [c for c in level.children if c.ctx is Ctx.LOCATION]
+        build.errors.append(ConfigError("more than one content handler in location", d.file, d.line))
+        failed = True
+    children = [loc for c in level.children if c.ctx is Ctx.LOCATION for loc in [_location(build, c)]
+                if loc is not None]
+    if failed:
+        return None
+    match: LocationMatch = level.location
     return LocationPlan(
-        match=level.location,
-        access=access,
+        match=match,
+        access=tuple(h for phase in _ACCESS_PHASES for h in by_phase.get(phase, ())),
         content=content[0] if content else None,
         log=tuple(by_phase.get(Phase.LOG, ())),
-        children=LocationMatcher([_location(build, c) for c in children]) if children else None,
+        children=LocationMatcher(children) if children else None,
         file=d.file,
         line=d.line,
+        auto_redirect=auto_redirect and match.kind in ("", "^~", "=") and match.pattern.endswith("/"),
     )

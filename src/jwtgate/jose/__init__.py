@@ -1,4 +1,5 @@
-"""JOSE layer: key sets, JWS/JWT verification, claim rendering and the verified-token cache.
+"""JOSE layer: key sets, JWS/JWE/nested JWT verification, remote key sets, claim rendering and
+the verified-token cache.
 
 Policy lives here (which key, which algorithm, which claims); joserfc and cryptography do the
 cryptography. Built once per configuration: :func:`load_jwk_set_file` / :func:`parse_jwk_set`
@@ -16,6 +17,8 @@ from .keys import (
     load_jwk_set_file,
     parse_jwk_set,
 )
+from .remote import RemoteKeySource
+from .sources import FileKeyCache, KeyPool
 from .verify import VerifiedToken, Verifier
 
 __all__ = [
@@ -27,6 +30,9 @@ __all__ = [
     "SUPPORTED_ALGORITHMS",
     "VerifiedToken",
     "Verifier",
+    "RemoteKeySource",
+    "KeyPool",
+    "FileKeyCache",
     "VerifiedTokenCache",
     "NegativeCache",
     "claim_to_str",

@@ -15,7 +15,6 @@ Errors are :class:`IssueError`; messages name files and ``kid`` values, never ke
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import tempfile
@@ -37,6 +36,7 @@ __all__ = [
     "SIGNATURE_ALGORITHMS",
     "KEY_MANAGEMENT_ALGORITHMS",
     "CONTENT_ENCRYPTION_ALGORITHMS",
+    "CURVES",
     "generate_jwk",
     "jwk_from_secret",
     "jwk_from_pem",
@@ -44,6 +44,7 @@ __all__ = [
     "thumbprint",
     "import_jwk",
     "is_private_jwk",
+    "describe_jwk",
     "key_warnings",
     "parse_jwks",
     "read_jwks_file",
@@ -83,6 +84,7 @@ CONTENT_ENCRYPTION_ALGORITHMS: dict[str, int] = {
     "A128CBC-HS256": 256, "A192CBC-HS384": 384, "A256CBC-HS512": 512,
 }
 
+#: Curves ``generate_jwk`` makes keys on, by key type (RFC 7518 §6.2.1.1, RFC 8037 §2).
 CURVES = {"EC": ("P-256", "P-384", "P-521"), "OKP": ("Ed25519", "Ed448")}
 _DEFAULT_CURVE = {"EC": "P-256", "OKP": "Ed25519"}
 #: Smallest RSA modulus accepted, bits (RFC 7518 §3.3, §4.2).
@@ -96,10 +98,6 @@ _PUBLIC_PARAMS = ("kid", "use", "alg", "key_ops", "x5u", "x5c", "x5t", "x5t#S256
 # key_ops of a private key and what its public half may do instead (RFC 7517 §4.3).
 _PUBLIC_OPS = {"sign": "verify", "verify": "verify", "decrypt": "encrypt", "encrypt": "encrypt",
                "unwrapKey": "wrapKey", "wrapKey": "wrapKey"}
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _err(err: BaseException) -> str:
@@ -368,7 +366,9 @@ def public_jwks(jwks: list[dict[str, Any]], source: str) -> tuple[list[dict[str,
             pub["key_ops"] = list(dict.fromkeys(mapped))
         out.append(_ordered(pub))
     if not out:
-        raise IssueError(f"no public keys in {source}: it holds no RSA, EC or OKP key")
+        secret = jwks and all(j.get("kty") == "oct" for j in jwks)
+        raise IssueError(f"no public keys in {source}: " + ("oct keys are secrets, never published"
+                                                             if secret else "it holds no RSA, EC or OKP key"))
     return out, notes
 
 
@@ -419,10 +419,12 @@ def parse_jwks(data: bytes, source: str) -> list[dict[str, Any]]:
         jwks = [doc]
     else:
         raise IssueError(f'{source} is not a JWK Set (an object with "keys") or a JWK')
+    out: list[dict[str, Any]] = []
     for index, jwk in enumerate(jwks):
         if not isinstance(jwk, dict) or not isinstance(jwk.get("kty"), str):
             raise IssueError(f'key #{index} in {source} is not a JWK (an object with "kty")')
-    return jwks
+        out.append(jwk)
+    return out
 
 
 def read_jwks_file(path: str) -> list[dict[str, Any]]:

@@ -1,18 +1,23 @@
-"""JWS Compact JWT verification: the per-request security boundary.
+"""JWT verification (JWS, JWE, nested): the per-request security boundary.
 
-Follows RFC 7515 §5.2 (validation), RFC 7519 §7.2 (JWT validation), RFC 8725 (JWT BCP) and
-NGINX Plus ``auth_jwt`` semantics. Every byte of the token is hostile:
+Follows RFC 7515 §5.2 (JWS validation), RFC 7516 §5.2 (JWE decryption), RFC 7519 §7.2 (JWT
+validation), RFC 8725 (JWT BCP) and NGINX Plus ``auth_jwt`` semantics. Every byte of the
+token is hostile:
 
 * size first, then strict shape: ``header.payload.signature``, each strict base64url
-  (RFC 7515 §2: no padding, no whitespace, canonical trailing bits); 5 parts is a JWE.
-* header: a JSON object (no duplicate members, no NaN, nesting <= 32), ``alg`` a supported
-  string (never ``none``, RFC 8725 §3.1), no ``crit`` (RFC 7515 §4.1.11: we understand no
-  extension), ``kid`` a string. ``jwk``/``jku``/``x5u``/``x5c``/``x5t`` are ignored: keys come
-  only from the configured :class:`~jwtgate.jose.keys.KeySet`.
+  (RFC 7515 §2: no padding, no whitespace, canonical trailing bits); 5 parts is a JWE, which
+  a ``signed`` Verifier refuses as the wrong type (and an ``encrypted``/``nested`` one a JWS).
+* header: a JSON object (no duplicate members, no NaN, nesting <= 32, at most
+  :data:`~jwtgate.jose.compact.MAX_HEADER_CHARS`), ``alg`` a supported string (never ``none``,
+  RFC 8725 §3.1), no ``crit`` (RFC 7515 §4.1.11: we understand no extension), ``kid`` a string.
+  ``jwk``/``jku``/``x5u``/``x5c``/``x5t`` are ignored: keys come only from the configured
+  :class:`~jwtgate.jose.keys.KeySet`.
 * keys: ``KeySet.candidates(alg, kid)``, each tried with joserfc's algorithm object for exactly
   that ``alg``, which the key was checked against at load time (no algorithm confusion).
-* payload: parsed only after the signature verified; a JSON object whose ``exp``/``nbf`` are
-  numbers; ``now >= exp + leeway`` is expired, ``now < nbf - leeway`` not yet valid.
+  JWE: :mod:`jwtgate.jose.jwe` (its own algorithm allow-list, no ``zip``).
+* payload: parsed only after the signature verified (or the JWE decrypted); a JSON object whose
+  ``exp``/``nbf`` are numbers; ``now >= exp + leeway`` is expired, ``now < nbf - leeway`` not
+  yet valid. A nested token's inner JWS is verified with the same keys and rules.
 
 Anything else raised underneath is turned into :class:`~jwtgate.errors.TokenError`; no other
 exception leaves :meth:`Verifier.verify`.
@@ -20,83 +25,40 @@ exception leaves :meth:`Verifier.verify`.
 
 from __future__ import annotations
 
-import base64
-import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import TokenError
 from .cache import NegativeCache, VerifiedTokenCache
+from .compact import MAX_HEADER_CHARS, MAX_JSON_DEPTH, b64url_decode, decode_object
+from .jwe import decrypt_jwe, parse_jwe_header, split_jwe
 from .keys import ALG_MODELS, KeySet
 
-__all__ = ["VerifiedToken", "Verifier", "MAX_JSON_DEPTH"]
+__all__ = ["VerifiedToken", "Verifier", "MAX_JSON_DEPTH", "TOKEN_TYPES", "DEFAULT_CACHE_SIZE",
+           "DEFAULT_MAX_TOKEN_SIZE"]
 
-#: Deepest JSON nesting accepted in a header or payload (top-level object is depth 1).
-MAX_JSON_DEPTH = 32
+#: ``auth_jwt_type`` values.
+TOKEN_TYPES = ("signed", "encrypted", "nested")
+#: Verified-token cache entries by default (``auth_jwt_cache``).
+DEFAULT_CACHE_SIZE = 100_000
+#: Longest token accepted by default, in characters (``auth_jwt_max_token_size``).
+DEFAULT_MAX_TOKEN_SIZE = 16384
 
 # Three base64url segments; the signature may be empty so that alg "none" reports as such.
 _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
-# Last character allowed for a segment of length % 4 == 2 / 3: the unused bits must be zero.
-_CANONICAL_TAIL = {2: "AQgw", 3: "AEIMQUYcgkosw048"}
 # An unsupported alg is named in the error log only if it looks like an algorithm name.
 _PRINTABLE_ALG = re.compile(r"[A-Za-z0-9+_-]{1,20}")
 # Codes worth remembering in the negative cache: the ones that cost a verification attempt.
-_NEGATIVE_CODES = frozenset({"bad_signature", "no_key"})
+_NEGATIVE_CODES = frozenset({"bad_signature", "bad_decryption", "no_key"})
 _NOT_SET = object()
 # Parsed headers by their base64url text: one issuer's tokens share a header, so parse it once.
 _HEADER_CACHE_SIZE = 256
-
-
-def _b64url_decode(segment: str) -> bytes:
-    """Decode a segment already known to be in the base64url alphabet (RFC 7515 §2)."""
-    rem = len(segment) & 3
-    if rem:
-        if rem == 1 or segment[-1] not in _CANONICAL_TAIL[rem]:
-            raise TokenError("malformed", "invalid base64url segment")
-        segment += "=="[: 4 - rem]
-    return base64.urlsafe_b64decode(segment)
-
-
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):  # RFC 7515 §5.2 step 4 / RFC 7519 §4: we choose to reject
-        raise ValueError("duplicate member name")
-    return obj
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError("NaN/Infinity are not JSON")
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_no_constant)
-
-
-def _too_deep(obj: Any) -> bool:
-    stack = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return False
-
-
-def _decode_object(raw: bytes, what: str) -> dict[str, Any]:
-    """Parse ``raw`` as a JSON object (RFC 8259, UTF-8), bounded in depth."""
-    try:
-        obj = _DECODER.decode(raw.decode("utf-8"))
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise TokenError("malformed", f"{what} is not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise TokenError("malformed", f"{what} is not a JSON object")
-    # Fewer brackets than the limit cannot nest deeper than it: skip the walk on normal tokens.
-    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _too_deep(obj):
-        raise TokenError("malformed", f"{what} nests deeper than {MAX_JSON_DEPTH}")
-    return obj
+# Backwards-compatible names (older callers and tests).
+_b64url_decode = b64url_decode
+_decode_object = decode_object
 
 
 def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
@@ -117,7 +79,9 @@ def _parse_header(header_b64: str) -> tuple[dict[str, Any], str, str | None]:
 
     Returns ``(header, alg, kid)``; raises :class:`TokenError` for anything we do not accept.
     """
-    header = _decode_object(_b64url_decode(header_b64), "JOSE header")
+    if len(header_b64) > MAX_HEADER_CHARS:
+        raise TokenError("malformed", f"JOSE header longer than {MAX_HEADER_CHARS} characters")
+    header = decode_object(b64url_decode(header_b64), "JOSE header")
     alg = header.get("alg")
     if not isinstance(alg, str):
         raise TokenError("malformed", 'header "alg" is missing or not a string')
@@ -139,15 +103,20 @@ def _parse_header(header_b64: str) -> tuple[dict[str, Any], str, str | None]:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedToken:
-    """A JWT whose signature verified.
+    """A JWT whose signature verified (or, for ``encrypted``, that decrypted).
 
     Attributes:
-        header: the JOSE header (a dict; shared with the cache, treat as read-only).
+        header: the JOSE header (a dict; shared with the cache, treat as read-only): the JWS
+            header, or for an ``encrypted`` token the JWE header. For a ``nested`` token it is
+            the inner JWS header (the one whose key authenticated the claims).
         claims: the JWT Claims Set (a dict; shared with the cache, treat as read-only).
-        payload: the raw decoded payload bytes (``$jwt_payload``).
+        payload: the raw payload bytes: the JWS payload; the decrypted claims JSON of an
+            ``encrypted`` token; the enclosed JWS text of a ``nested`` one.
         kid: ``kid`` of the key that verified it (``None`` for a key without one).
         exp: ``exp`` in seconds since the epoch, or ``None``.
         nbf: ``nbf`` in seconds since the epoch, or ``None``.
+        kind: ``signed``, ``encrypted`` or ``nested``.
+        jwe_header: the JWE header of an ``encrypted`` or ``nested`` token, else ``None``.
     """
 
     header: Mapping[str, Any]
@@ -156,50 +125,77 @@ class VerifiedToken:
     kid: str | None
     exp: float | None
     nbf: float | None
+    kind: str = "signed"
+    jwe_header: Mapping[str, Any] | None = None
 
 
 class Verifier:
-    """Verifies compact JWS JWTs against one :class:`KeySet`.
+    """Verifies compact JWTs of one ``auth_jwt_type`` against one :class:`KeySet`.
 
     Args:
-        keys: the keys tokens may be signed with.
+        keys: the keys tokens may be signed with (or encrypted to).
+        token_type: ``signed`` (JWS), ``encrypted`` (JWE whose plaintext is the claims) or
+            ``nested`` (a JWS inside a JWE, RFC 7519 §5.2); a token of another type is refused.
         leeway: clock skew tolerance for ``exp``/``nbf``, seconds (``auth_jwt_leeway``).
-        max_token_size: longest token accepted, in characters.
+        max_token_size: longest token accepted, in characters (``auth_jwt_max_token_size``).
         clock: where "now" comes from (``clock.wall()``, seconds since the epoch).
-        cache_size: verified-token cache entries; 0 disables it.
+        cache_size: verified-token cache entries; 0 disables it (``auth_jwt_cache``).
         negative_cache_size: failed-token cache entries; 0 disables it.
+        on_unknown_kid: called with the ``kid`` of a token for which no key has that ``kid``
+            (a remote key source may refetch, rate-limited); must not raise and never waits.
     """
 
-    __slots__ = ("keys", "leeway", "max_token_size", "cache", "negative_cache", "_wall", "_headers")
+    __slots__ = ("keys", "token_type", "leeway", "max_token_size", "cache", "negative_cache", "on_unknown_kid",
+                 "_wall", "_headers")
 
     def __init__(
         self,
         keys: KeySet,
         *,
+        token_type: str = "signed",
         leeway: float = 0.0,
-        max_token_size: int = 16384,
+        max_token_size: int = DEFAULT_MAX_TOKEN_SIZE,
         clock: Clock = SYSTEM_CLOCK,
-        cache_size: int = 100_000,
+        cache_size: int = DEFAULT_CACHE_SIZE,
         negative_cache_size: int = 1024,
+        on_unknown_kid: Callable[[str], None] | None = None,
     ) -> None:
+        if token_type not in TOKEN_TYPES:
+            raise ValueError(f"token_type must be one of {TOKEN_TYPES}")
         self.keys = keys
+        self.token_type = token_type
         self.leeway = float(leeway)
         self.max_token_size = max_token_size
         self.cache = VerifiedTokenCache(cache_size) if cache_size > 0 else None
         self.negative_cache = NegativeCache(negative_cache_size) if negative_cache_size > 0 else None
+        self.on_unknown_kid = on_unknown_kid
         self._wall = clock.wall
         self._headers: dict[str, tuple[dict[str, Any], str, str | None]] = {}
 
+    def __repr__(self) -> str:
+        size = self.cache.maxsize if self.cache is not None else 0
+        return f"<Verifier {self.token_type} {self.keys!r} cache={size}>"
+
+    def set_keys(self, keys: KeySet) -> None:
+        """Swap in a new key set (a remote JWKS changed): one assignment, then both caches are
+        flushed, so no token verified by a key that left the set is served from the cache."""
+        self.keys = keys
+        if self.cache is not None:
+            self.cache.clear()
+        if self.negative_cache is not None:
+            self.negative_cache.clear()
+
     def verify(self, token: str) -> VerifiedToken:
-        """Verify ``token`` (the compact JWS text, without ``Bearer``) and its ``exp``/``nbf``.
+        """Verify ``token`` (the compact text, without ``Bearer``) and its ``exp``/``nbf``.
 
         Returns:
             The :class:`VerifiedToken`, possibly from the cache (time claims re-checked).
 
         Raises:
             TokenError: with ``code`` one of ``too_large``, ``malformed``, ``wrong_type``,
-                ``unsupported_alg``, ``crit``, ``no_key``, ``bad_signature``, ``bad_claims``,
-                ``expired``, ``not_yet_valid``. Nothing else escapes.
+                ``unsupported_alg``, ``crit``, ``no_key``, ``bad_signature``,
+                ``bad_decryption``, ``bad_claims``, ``expired``, ``not_yet_valid``. Nothing
+                else escapes.
         """
         if type(token) is not str:
             raise TokenError("malformed", "token is not text")
@@ -220,16 +216,21 @@ class Verifier:
             code = negative.get(token)
             if code is not None:
                 raise TokenError(code, "token rejected earlier (negative cache)")
+        keys = self.keys
         try:
-            vt = self._verify_signed(token)
+            vt = self._verify_signed(token, keys) if self.token_type == "signed" else self._verify_encrypted(token, keys)
         except TokenError as err:
-            if negative is not None and err.code in _NEGATIVE_CODES:
+            # Only remember the failure if the keys did not change meanwhile (set_keys flushed).
+            # An unknown kid is not remembered when a remote source may still learn it: the
+            # hook (rate-limited there) must see the token again; no_key costs no cryptography.
+            if (negative is not None and err.code in _NEGATIVE_CODES and keys is self.keys
+                    and not (err.code == "no_key" and self.on_unknown_kid is not None)):
                 negative.put(token, err.code)
             raise
         except Exception as err:  # fail closed on anything unforeseen; never leak it upward
             raise TokenError("malformed", f"token could not be processed ({type(err).__name__})") from None
         self.check_times(vt)
-        if cache is not None:  # only tokens valid right now are cached
+        if cache is not None and keys is self.keys:  # only tokens valid right now are cached
             cache.put(token, vt)
         return vt
 
@@ -246,8 +247,16 @@ class Verifier:
         if vt.nbf is not None and now < vt.nbf - self.leeway:
             raise TokenError("not_yet_valid", "token is not valid yet")
 
-    def _verify_signed(self, token: str) -> VerifiedToken:
-        """Shape, header policy, signature and claim types; not the time checks."""
+    def _unknown_kid(self, kid: str | None) -> None:
+        hook = self.on_unknown_kid
+        if hook is not None and kid is not None:
+            try:
+                hook(kid)
+            except Exception:  # a hook never decides a request
+                pass
+
+    def _verify_signed(self, token: str, keys: KeySet) -> VerifiedToken:
+        """Shape, header policy, signature and claim types of a JWS; not the time checks."""
         m = _COMPACT.fullmatch(token)
         if m is None:
             parts = token.count(".") + 1
@@ -267,12 +276,13 @@ class Verifier:
         header, alg, kid = parsed
         model = ALG_MODELS[alg]
 
-        candidates = self.keys.candidates(alg, kid)
+        candidates = keys.candidates(alg, kid)
         if not candidates:
+            self._unknown_kid(kid)
             raise TokenError("no_key", f"no key for alg {alg}" + (" and this kid" if kid is not None else ""))
         if not sig_b64:
             raise TokenError("bad_signature", "empty signature")
-        signature = _b64url_decode(sig_b64)
+        signature = b64url_decode(sig_b64)
         signing_input = token[: m.end(2)].encode("ascii")  # RFC 7515 §5.2 step 8
         for entry in candidates:
             if alg not in entry.algorithms:  # invariant of candidates(); kept as a second lock
@@ -285,8 +295,8 @@ class Verifier:
         else:
             raise TokenError("bad_signature", "signature does not verify with any candidate key")
 
-        payload = _b64url_decode(payload_b64)
-        claims = _decode_object(payload, "JWT payload")
+        payload = b64url_decode(payload_b64)
+        claims = decode_object(payload, "JWT payload")
         return VerifiedToken(
             header=header,
             claims=claims,
@@ -295,3 +305,32 @@ class Verifier:
             exp=_numeric_date(claims, "exp"),
             nbf=_numeric_date(claims, "nbf"),
         )
+
+    def _verify_encrypted(self, token: str, keys: KeySet) -> VerifiedToken:
+        """A JWE (``encrypted``) or a JWS inside a JWE (``nested``); not the time checks."""
+        parts = split_jwe(token)
+        if parts is None:
+            n = token.count(".") + 1
+            if n == 3:
+                raise TokenError("wrong_type", f"a signed JWT where an {self.token_type} one is expected")
+            raise TokenError("malformed", f"a compact JWE has 5 parts, this token has {n}"
+                             if n != 5 else "token parts are not base64url")
+        head = parse_jwe_header(parts[0])
+        try:
+            plaintext, entry = decrypt_jwe(token, parts, head, keys)
+        except TokenError as err:
+            if err.code == "no_key":
+                self._unknown_kid(head.kid)
+            raise
+        inner = _COMPACT.fullmatch(plaintext.decode("ascii", "replace")) if plaintext[:2] == b"ey" else None
+        if self.token_type == "encrypted":
+            if inner is not None:
+                raise TokenError("wrong_type", "a nested JWT where an encrypted one is expected")
+            claims = decode_object(plaintext, "JWE payload")
+            return VerifiedToken(header=head.header, claims=claims, payload=plaintext, kid=entry.kid,
+                                 exp=_numeric_date(claims, "exp"), nbf=_numeric_date(claims, "nbf"),
+                                 kind="encrypted", jwe_header=head.header)
+        if inner is None:
+            raise TokenError("wrong_type", "the JWE does not enclose a signed JWT (nested expected)")
+        vt = self._verify_signed(inner.group(0), keys)
+        return replace(vt, payload=plaintext, kind="nested", jwe_header=head.header)

@@ -9,17 +9,23 @@ from __future__ import annotations
 from jwtgate.modules.auth_jwt import AuthJwtModule
 from jwtgate.modules.base import Module
 from jwtgate.modules.core import CoreModule
+from jwtgate.modules.headers import HeadersModule
 from jwtgate.modules.limit_req import LimitReqModule
 from jwtgate.modules.log import LogModule
 from jwtgate.modules.map import MapModule
 from jwtgate.modules.proxy import ProxyModule
+from jwtgate.modules.rewrite import RewriteModule
+from jwtgate.modules.state import StateModule
 
 __all__ = ["MODULES", "Module", "default_modules"]
 
 #: Module classes, in order.
 MODULES: tuple[type[Module], ...] = (
     CoreModule,
+    HeadersModule,
+    RewriteModule,
     MapModule,
+    StateModule,
     LimitReqModule,
     AuthJwtModule,
     ProxyModule,

@@ -1,5 +1,13 @@
-"""The core module: ``http``, ``server``, ``listen``, ``server_name``, ``location``, ``return``,
-client limits, main-context directives, and NGINX's core variables (``ngx_http_core_module``).
+"""The core module: ``http``, ``server``, ``listen``, ``server_name``, ``location``, client
+limits, main-context directives, and NGINX's core variables (``ngx_http_core_module``).
+
+Location rules checked at load time, with NGINX's messages: ``duplicate location "/x"`` (two
+prefix locations, or two ``=`` locations, or two named ones with one name), ``location "/b"
+is outside location "/a"`` (a nested location must extend its parent's prefix; inside a regex
+location only regex locations can nest), ``location "/x" cannot be inside the exact location
+"/y"`` or ``... the named location "@y"``, ``named location "@x" can be on the server level
+only``. Named captures of location and ``server_name`` regexes (``(?<id>\\d+)``) become
+variables, as in NGINX. The core variables themselves are in :mod:`jwtgate.modules.core_variables`.
 """
 
 from __future__ import annotations
@@ -7,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +22,7 @@ from jwtgate.conf.regex import compile_pcre
 from jwtgate.conf.spec import HSL, Ctx, DirectiveSpec, Inherit
 from jwtgate.conf.values import parse_flag, parse_size, parse_time
 from jwtgate.modules.base import Module, Phase
+from jwtgate.modules.core_variables import declare_core_variables
 
 __all__ = ["CoreModule", "Listen", "LocationMatch"]
 
@@ -33,9 +41,10 @@ _IGNORED_NOTE = "Accepted so that stock nginx.conf files load; it has no effect 
 
 DIRECTIVES = (
     _spec("worker_processes", Ctx.MAIN, 1, 1, "worker_processes number | auto;",
-          "Number of worker processes. jwtgate currently runs one event loop in one process.",
-          default="1", nginx_notes="Values above 1 are accepted and reported by `jwtgate check`; "
-          "one process serves."),
+          "Number of worker processes, each one event loop; above 1 a master process supervises "
+          "them (HUP reload, QUIT, TERM, USR1 as NGINX). `JWTGATE_WORKERS` overrides it.",
+          default="1", nginx_notes="Workers share each listening port with SO_REUSEPORT; in-memory "
+          "state (rate limits without `sync`) is per worker."),
     _spec("error_log", Ctx.MAIN | H, 1, 2, "error_log file [level];",
           "Where errors are logged (`stderr` or a file) and from which level.", default="stderr error",
           nginx_notes="One error log per process: main context, or http when main has none; "
@@ -60,9 +69,6 @@ DIRECTIVES = (
     _spec("location", SL, 1, 2, "location [ = | ^~ | ~ | ~* ] uri { ... } | location @name { ... }",
           "Configuration for request URIs that match.", block=True, block_ctx=Ctx.LOCATION,
           inherit=Inherit.NONE),
-    _spec("return", SL, 1, 2, "return code [text] | return code URL | return URL;",
-          "Stops processing and answers with the code (before authentication, as in NGINX's "
-          "rewrite phase).", inherit=Inherit.NONE),
     _spec("keepalive_timeout", HSL, 1, 2, "keepalive_timeout timeout;",
           "Idle keep-alive connections are closed after this time.", default="75s"),
     _spec("keepalive_requests", HSL, 1, 1, "keepalive_requests number;",
@@ -80,6 +86,9 @@ DIRECTIVES = (
     _spec("tcp_nopush", HSL, 1, 1, "tcp_nopush on | off;", _IGNORED_NOTE),
     _spec("tcp_nodelay", HSL, 1, 1, "tcp_nodelay on | off;", _IGNORED_NOTE),
     _spec("default_type", HSL, 1, 1, "default_type mime-type;", _IGNORED_NOTE),
+    _spec("internal", L, 0, 0, "internal;",
+          "The location serves internal requests only (the subrequests of `auth_jwt_key_request`); "
+          "a client's request for it gets 404.", inherit=Inherit.NONE),
 )
 
 
@@ -101,6 +110,11 @@ class LocationMatch:
     kind: str
     pattern: str
     regex: re.Pattern[str] | None
+
+    @property
+    def label(self) -> str:
+        """The location as NGINX names it in messages: ``/x``, ``@x`` or the regex."""
+        return self.pattern
 
 
 _LISTEN_FLAGS = {"default_server", "default", "reuseport", "deferred", "bind", "so_keepalive=on"}
@@ -142,22 +156,23 @@ def parse_listen(build: Any, d: Any) -> Listen:
     return Listen(host, int(port_s), default, d.file, d.line)
 
 
+def _location_words(args: tuple[str, ...]) -> tuple[str, str]:
+    """``(modifier, uri)`` of a ``location``'s arguments, as ``ngx_http_core_location`` reads
+    them: two words, or one with the modifier glued on (``=/x``, ``~^/x``, ``~*\\.png``)."""
+    if len(args) == 2:
+        return args[0], args[1]
+    pattern = args[0]
+    for mod in ("=", "^~", "~*", "~"):
+        if pattern.startswith(mod) and len(pattern) > len(mod):
+            return mod, pattern[len(mod):]
+    return ("@" if pattern.startswith("@") else ""), pattern
+
+
 def parse_location(build: Any, d: Any) -> LocationMatch:
     """``location [modifier] uri``; the ``=/x`` form without a space is accepted as NGINX does."""
-    args = d.args
-    if len(args) == 2:
-        kind, pattern = args
-        if kind not in ("=", "^~", "~", "~*"):
-            raise build.error(f'invalid location modifier "{kind}"', d)
-    else:
-        pattern = args[0]
-        kind = ""
-        for mod in ("=", "^~", "~*", "~"):
-            if pattern.startswith(mod) and len(pattern) > len(mod):
-                kind, pattern = mod, pattern[len(mod):]
-                break
-        if pattern.startswith("@"):
-            kind = "@"
+    kind, pattern = _location_words(d.args)
+    if kind not in ("", "@", "=", "^~", "~", "~*"):
+        raise build.error(f'invalid location modifier "{kind}"', d)
     regex = None
     if kind in ("~", "~*"):
         try:
@@ -167,24 +182,76 @@ def parse_location(build: Any, d: Any) -> LocationMatch:
     return LocationMatch(kind, pattern, regex)
 
 
-@dataclass(frozen=True, slots=True)
-class ReturnSpec:
-    """A ``return``: status code and an optional complex value (text or redirect URL)."""
+def check_location_nesting(build: Any, level: Any, d: Any) -> None:
+    """NGINX's checks of ``ngx_http_core_location`` and ``ngx_http_init_locations``.
 
-    code: int
-    value: Any
+    Raises:
+        ConfigError: at ``d``, for a location that cannot be where it is or duplicates a sibling.
+    """
+    loc: LocationMatch = level.location
+    parent = level.parent
+    outer: LocationMatch | None = parent.location if parent.ctx is Ctx.LOCATION else None
+    if outer is not None:
+        if outer.kind == "=":
+            raise build.error(f'location "{loc.label}" cannot be inside the exact location '
+                              f'"{outer.label}"', d)
+        if outer.kind == "@":
+            raise build.error(f'location "{loc.label}" cannot be inside the named location '
+                              f'"{outer.label}"', d)
+        if loc.kind == "@":
+            raise build.error(f'named location "{loc.label}" can be on the server level only', d)
+        if loc.regex is None and (outer.regex is not None or not loc.pattern.startswith(outer.pattern)):
+            raise build.error(f'location "{loc.label}" is outside location "{outer.label}"', d)
+    group = _LOCATION_GROUP.get(loc.kind)
+    if group is None:
+        return  # regex locations may repeat, as in NGINX
+    for sibling in parent.children:
+        if sibling is level:
+            break
+        other = sibling.location
+        if other is not None and other.pattern == loc.pattern and _LOCATION_GROUP.get(other.kind) == group:
+            raise build.error(f'duplicate location "{loc.label}"', d)
 
 
-def parse_return(build: Any, d: Any) -> ReturnSpec:
-    args = d.args
-    if len(args) == 1 and not args[0].isdigit():
-        if not args[0].startswith(("http://", "https://", "$scheme")):
-            raise build.error(f'invalid return code "{args[0]}"', d)
-        return ReturnSpec(302, build.complex(args[0], d))
-    if not args[0].isdigit() or not 0 < int(args[0]) <= 999:
-        raise build.error(f'invalid return code "{args[0]}"', d)
-    value = build.complex(args[1], d) if len(args) == 2 else None
-    return ReturnSpec(int(args[0]), value)
+# Locations that share NGINX's static tree node: two of one group with one name are duplicates.
+_LOCATION_GROUP = {"=": "exact", "": "prefix", "^~": "prefix", "@": "named"}
+
+
+def _declare_captures(build: Any, d: Any, pattern: str) -> None:
+    try:
+        names = compile_pcre(pattern).groupindex
+    except re.error:
+        return  # reported when the directive is parsed
+    for name in names:
+        try:
+            build.variables.add_capture(name)
+        except ValueError:
+            raise build.error(f'the duplicate "{name}" variable', d) from None
+
+
+def parse_server_name(build: Any, d: Any) -> tuple[str, ...]:
+    """``server_name name ...``: exact names and wildcards lowercased, regexes kept (``~...``).
+
+    Raises:
+        ConfigError: NGINX's ``server name "x" is invalid`` (a ``*`` anywhere but a leading
+            ``*.`` or a trailing ``.*``), ``empty regex in server name "~"`` or a regex error.
+    """
+    names: list[str] = []
+    for arg in d.args:
+        if arg.startswith("~"):
+            if len(arg) == 1:
+                raise build.error(f'empty regex in server name "{arg}"', d)
+            try:
+                compile_pcre(arg[1:], True)
+            except re.error as e:
+                raise build.error(f'pcre2_compile() failed: {e} in "{arg[1:]}"', d) from None
+            names.append(arg)
+            continue
+        core = arg[2:] if arg.startswith("*.") else arg[:-2] if arg.endswith(".*") else arg
+        if "*" in core or arg == "*":
+            raise build.error(f'server name "{arg}" is invalid', d)
+        names.append(arg.lower())
+    return tuple(names)
 
 
 def _time(build: Any, d: Any, text: str) -> float:
@@ -208,35 +275,29 @@ class CoreModule(Module):
     directives = DIRECTIVES
 
     def declare(self, build: Any) -> None:
-        add = build.variables.add
-        for name, getter in _CORE_VARIABLES.items():
-            add(name, getter, self.name)
-        add("hostname", lambda ctx, _h=socket.gethostname(): _h, self.name)
-        add("pid", lambda ctx, _p=str(os.getpid()): _p, self.name)
-        build.variables.add_prefix("http_", lambda s: _header_getter(s.lower()), self.name)
-        build.variables.add_prefix("arg_", _arg_getter, self.name)
-        build.variables.add_prefix("cookie_", _cookie_getter, self.name)
+        declare_core_variables(build.variables, self.name)
+
+    def predeclare(self, build: Any, level: Any, d: Any) -> None:
+        """Named captures of regex locations and server names become variables."""
+        if d.name == "location":
+            kind, pattern = _location_words(d.args)
+            if kind in ("~", "~*"):
+                _declare_captures(build, d, pattern)
+        elif d.name == "server_name":
+            for arg in d.args:
+                if arg.startswith("~"):
+                    _declare_captures(build, d, arg[1:])
 
     def parse(self, build: Any, level: Any, d: Any, spec: DirectiveSpec) -> Any:
         name = d.name
         if name == "listen":
             return parse_listen(build, d)
         if name == "server_name":
-            for arg in d.args:
-                if arg.startswith("~"):
-                    try:
-                        compile_pcre(arg[1:], True)
-                    except re.error as e:
-                        raise build.error(f'pcre2_compile() failed: {e} in "{arg[1:]}"', d) from None
-            return tuple(a if a.startswith("~") else a.lower() for a in d.args)
+            return parse_server_name(build, d)
         if name == "location":
             level.location = parse_location(build, d)
-            if level.parent.ctx is Ctx.LOCATION and level.parent.location.kind == "=":
-                raise build.error(f'location "{level.location.pattern}" cannot be inside the exact '
-                                  f'location "{level.parent.location.pattern}"', d)
+            check_location_nesting(build, level, d)
             return level.location
-        if name == "return":
-            return parse_return(build, d)
         if name in ("keepalive_timeout", "client_header_timeout"):
             return _time(build, d, d.args[0])
         if name == "keepalive_requests":
@@ -265,11 +326,16 @@ class CoreModule(Module):
         return d.args
 
     def handlers(self, build: Any, loc: Any) -> dict[Phase, list[Any]]:
-        rewrite = [make_body_limit_handler(loc.get("client_max_body_size", DEFAULT_MAX_BODY))]
-        ret = loc.own("return")
-        if ret:
-            rewrite.append(make_return_handler(ret[-1][0]))
-        return {Phase.REWRITE: rewrite}
+        body_limit = make_body_limit_handler(loc.get("client_max_body_size", DEFAULT_MAX_BODY))
+        if loc.own("internal"):
+            return {Phase.REWRITE: [_internal_only, body_limit]}
+        return {Phase.REWRITE: [body_limit]}
+
+
+async def _internal_only(ctx: Any) -> int | None:
+    """``internal``: a client request never reaches the location (NGINX answers 404); the
+    subrequests of ``auth_jwt_key_request`` run its content handler directly."""
+    return 404
 
 
 #: NGINX's default ``client_max_body_size``: 1 MiB.
@@ -308,160 +374,3 @@ def parse_error_log(build: Any, d: Any) -> tuple[str, str]:
     if target != "stderr":
         target = build.path(target)
     return target, level
-
-
-def make_return_handler(spec: ReturnSpec) -> Any:
-    """The rewrite-phase handler of ``return``: answers without running later phases."""
-    code, value = spec.code, spec.value
-    redirect = code in (301, 302, 303, 307, 308)
-
-    async def handle_return(ctx: Any) -> int:
-        headers: list[tuple[bytes, bytes]] = []
-        body: bytes | None = None
-        if value is not None:
-            text = value(ctx)
-            if redirect:
-                from jwtgate.http.writer import valid_field_value
-                raw = text.encode("utf-8")
-                if valid_field_value(raw):
-                    headers.append((b"Location", raw))
-            else:
-                body = text.encode("utf-8")
-        ctx.responder.send(code, headers, body, content_type=b"text/plain" if body else b"text/html")
-        return -1
-
-    return handle_return
-
-
-# -- variables ----------------------------------------------------------------------------
-
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def _time_local(ctx: Any) -> str:
-    t = time.localtime(ctx.start_wall)
-    off = t.tm_gmtoff or 0
-    sign = "+" if off >= 0 else "-"
-    off = abs(off)
-    return (f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:{t.tm_hour:02d}:{t.tm_min:02d}:"
-            f"{t.tm_sec:02d} {sign}{off // 3600:02d}{off % 3600 // 60:02d}")
-
-
-def _time_iso8601(ctx: Any) -> str:
-    t = time.localtime(ctx.start_wall)
-    off = t.tm_gmtoff or 0
-    sign = "+" if off >= 0 else "-"
-    off = abs(off)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f"{sign}{off // 3600:02d}:{off % 3600 // 60:02d}"
-
-
-def _remote_user(ctx: Any) -> str:
-    import base64
-    import binascii
-    auth = ctx.http.get("authorization", "")
-    if auth[:6].lower() != "basic ":
-        return ""
-    try:
-        user = base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8").split(":", 1)[0]
-    except (binascii.Error, UnicodeDecodeError):
-        return ""
-    return user
-
-
-def _binary_remote_addr(ctx: Any) -> str:
-    addr = ctx.conn.remote_addr
-    try:
-        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        return socket.inet_pton(family, addr).decode("latin-1")
-    except OSError:
-        return addr
-
-
-def _host(ctx: Any) -> str:
-    host = ctx.http.get("host", "")
-    if host.startswith("["):
-        return host.split("]", 1)[0].lower() + "]"
-    host = host.rsplit(":", 1)[0] if ":" in host else host
-    return host.lower().rstrip(".") or (ctx.server.primary_name if ctx.server is not None else "")
-
-
-def _request_id(ctx: Any) -> str:
-    if not ctx.request_id:
-        ctx.request_id = os.urandom(16).hex()
-    return ctx.request_id
-
-
-def _sep(ctx: Any) -> str:
-    return "?" if ctx.args else ""
-
-
-_CORE_VARIABLES: dict[str, Any] = {
-    "remote_addr": lambda ctx: ctx.conn.remote_addr,
-    "remote_port": lambda ctx: str(ctx.conn.remote_port),
-    "binary_remote_addr": _binary_remote_addr,
-    "remote_user": _remote_user,
-    "server_addr": lambda ctx: ctx.conn.server_addr,
-    "server_port": lambda ctx: str(ctx.conn.server_port),
-    "server_name": lambda ctx: ctx.server.primary_name if ctx.server is not None else "",
-    "server_protocol": lambda ctx: f"HTTP/{ctx.version}",
-    "scheme": lambda ctx: "https" if ctx.conn.https else "http",
-    "https": lambda ctx: "on" if ctx.conn.https else "",
-    "connection": lambda ctx: str(ctx.conn.number),
-    "connection_requests": lambda ctx: str(ctx.conn.requests),
-    "request": lambda ctx: f"{ctx.method} {ctx.target} HTTP/{ctx.version}",
-    "request_method": lambda ctx: ctx.method,
-    "request_uri": lambda ctx: ctx.target,
-    "uri": lambda ctx: ctx.uri,
-    "document_uri": lambda ctx: ctx.uri,
-    "args": lambda ctx: ctx.args,
-    "query_string": lambda ctx: ctx.args,
-    "is_args": _sep,
-    "host": _host,
-    "content_length": lambda ctx: ctx.http.get("content_length", ""),
-    "content_type": lambda ctx: ctx.http.get("content_type", ""),
-    "status": lambda ctx: f"{ctx.status:03d}" if ctx.status else "000",
-    "body_bytes_sent": lambda ctx: str(ctx.body_bytes_sent),
-    "bytes_sent": lambda ctx: str(ctx.bytes_sent),
-    "request_length": lambda ctx: str(ctx.request_length + (ctx.body.received if ctx.body else 0)),
-    "request_time": lambda ctx: f"{max(0.0, time.monotonic() - ctx.start):.3f}",
-    "msec": lambda ctx: f"{time.time():.3f}",
-    "time_local": _time_local,
-    "time_iso8601": _time_iso8601,
-    "request_id": _request_id,
-}
-
-
-def _header_getter(name: str) -> Any:
-    return lambda ctx: ctx.http.get(name, "")
-
-
-def _arg_getter(name: str) -> Any:
-    """``$arg_NAME``: the first ``NAME=`` argument, raw (not decoded), as NGINX."""
-    lname = name.lower()
-
-    def get(ctx: Any) -> str:
-        args = ctx.args
-        if not args:
-            return ""
-        for part in args.split("&"):
-            key, eq, value = part.partition("=")
-            if key.lower() == lname:
-                return value
-        return ""
-
-    return get
-
-
-def _cookie_getter(name: str) -> Any:
-    """``$cookie_NAME``: the value of cookie NAME (case-sensitive name match, as NGINX)."""
-    def get(ctx: Any) -> str:
-        cookies = ctx.http.get("cookie")
-        if not cookies:
-            return ""
-        for part in cookies.split(";"):
-            key, eq, value = part.strip().partition("=")
-            if eq and key.lower() == name.lower():
-                return value
-        return ""
-
-    return get

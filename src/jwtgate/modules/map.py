@@ -1,10 +1,15 @@
 """The ``map`` module (``ngx_http_map_module``): a variable whose value depends on another.
 
 ``map string $variable { key value; ... default value; }``. Exact keys match
-case-insensitively, then (with ``hostnames``) wildcard keys, then regular expressions
-(``~`` case-sensitive, ``~*`` not) in configuration order; their captures are usable in the
-value. Values may contain variables. The map is evaluated when (and each time) its variable
-is read, so a map over ``$jwt_claim_sub`` sees the verified token.
+case-insensitively, then (with ``hostnames``) wildcard keys, the longest first, then regular
+expressions (``~`` case-sensitive, ``~*`` not) in configuration order; their captures
+(``$1``, named groups as variables) are usable in the value. A key that would read as a
+parameter (``default``, ``hostnames``, ``~...``) is written with a leading ``\\``. Values may
+contain variables. ``include`` works inside the block (the loader expands it).
+
+The map is evaluated lazily, when its variable is read, and cached for the request as NGINX
+does (not with ``volatile``); a value computed before authentication is computed again after
+it (see :mod:`jwtgate.vars.registry`), so a map over ``$jwt_claim_sub`` sees the verified token.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ DIRECTIVES = (
                   syntax="map string $variable { ... }",
                   doc="Creates `$variable` whose value depends on `string`: exact keys "
                       "(case-insensitive), `hostnames` wildcards, `~`/`~*` regexes in order, `default`.",
-                  nginx_notes="Values are computed on every read (as NGINX's `volatile`), so a map "
-                              "read before and after authentication gives the current answer."),
+                  nginx_notes="Values are cached per request as in NGINX (not with `volatile`), but a "
+                              "value read before authentication is computed again after it. Regex "
+                              "captures do not leak out of the map into `$1`... of the location."),
 )
 
 
@@ -40,7 +46,8 @@ class MapTable:
         wild_head: ``(suffix, value)`` for ``*.example.com`` keys (``hostnames`` only).
         wild_tail: ``(prefix, value)`` for ``www.example.*`` keys (``hostnames`` only).
         regexes: ``(compiled, value)`` in configuration order.
-        default: the ``default`` value, or an empty constant.
+        default: the ``default`` value, or ``None`` (then the empty string).
+        hostnames: whether ``hostnames`` was given (wildcard keys, one trailing dot ignored).
     """
 
     source: Any = None
@@ -54,30 +61,30 @@ class MapTable:
     def lookup(self, ctx: Any) -> str:
         """The mapped value for this request."""
         key = self.source(ctx)
-        if self.hostnames:
-            key = key.rstrip(".")
+        if self.hostnames and key.endswith("."):
+            key = key[:-1]
         low = key.lower()
         value = self.exact.get(low)
         if value is not None:
-            return value(ctx)
+            return value(ctx)  # type: ignore[no-any-return]
         if self.hostnames:
             for suffix, v in self.wild_head:
                 if low.endswith(suffix):
-                    return v(ctx)
+                    return v(ctx)  # type: ignore[no-any-return]
             for prefix, v in self.wild_tail:
                 if low.startswith(prefix):
-                    return v(ctx)
+                    return v(ctx)  # type: ignore[no-any-return]
         for rx, v in self.regexes:
             m = rx.search(key)
             if m is not None:
                 if v.constant is not None:
-                    return v.constant
-                saved = ctx.captures
-                ctx.captures = m.groups()
+                    return v.constant  # type: ignore[no-any-return]
+                saved = ctx.captures, ctx.capture_names
+                ctx.captures, ctx.capture_names = m.groups(), rx.groupindex or None
                 try:
-                    return v(ctx)
+                    return v(ctx)  # type: ignore[no-any-return]
                 finally:
-                    ctx.captures = saved
+                    ctx.captures, ctx.capture_names = saved
         return self.default(ctx) if self.default is not None else ""
 
 
@@ -95,22 +102,30 @@ class MapModule(Module):
         build.shared.setdefault("map", {})[id(d)] = table
         # What the map's value depends on, for limit_req's phase rule (a map over $jwt_*).
         deps = set(variable_names(d.args[0]))
+        volatile = False
         for entry in d.block or ():
+            if entry.name == "volatile" and not entry.args:
+                volatile = True
             for arg in entry.args:
                 deps.update(variable_names(arg))
         build.shared.setdefault("var_deps", {})[var[1:].lower()] = deps
         try:
-            build.variables.add(var[1:], table.lookup, self.name)
+            build.variables.add(var[1:], table.lookup, self.name, cacheable=not volatile)
         except ValueError:
             raise build.error(f'the duplicate "{var[1:]}" variable', d) from None
+        for entry in d.block or ():
+            if entry.name.startswith("~") and len(entry.args) == 1:
+                _declare_captures(build, entry)
 
     def parse(self, build: Any, level: Any, d: Any, spec: DirectiveSpec) -> Any:
         table: MapTable = build.shared["map"][id(d)]
         table.source = build.complex(d.args[0], d)
+        heads: dict[str, Any] = {}
+        tails: dict[str, Any] = {}
         for entry in d.block or ():
             key = entry.name
             if entry.block is not None:
-                raise build.error(f'unexpected "{{" in map block', entry)
+                raise build.error('unexpected "{" in map block', entry)
             if key in ("hostnames", "volatile") and not entry.args:
                 table.hostnames = table.hostnames or key == "hostnames"
                 continue
@@ -121,7 +136,8 @@ class MapModule(Module):
                 if table.default is not None:
                     raise build.error('duplicate default map parameter', entry)
                 table.default = value
-            elif key.startswith("~") and len(key) > 1:
+                continue
+            if key.startswith("~") and len(key) > 1:
                 pattern = key[1:]
                 nocase = pattern.startswith("*")
                 if nocase:
@@ -130,19 +146,45 @@ class MapModule(Module):
                     table.regexes.append((compile_pcre(pattern, nocase), value))
                 except re.error as e:
                     raise build.error(f'pcre2_compile() failed: {e} in "{pattern}"', entry) from None
-            elif table.hostnames and key.startswith("*."):
-                table.wild_head.append((key[1:].lower(), value))
-            elif table.hostnames and key.startswith("."):
-                table.exact.setdefault(key[1:].lower(), value)
-                table.wild_head.append((key.lower(), value))
-            elif table.hostnames and key.endswith(".*"):
-                table.wild_tail.append((key[:-1].lower(), value))
+                continue
+            if key.startswith("\\"):
+                key = key[1:]  # written \default: the key "default"; \~x: the key "~x"
+            low = key.lower()
+            if table.hostnames and low.startswith("*."):
+                free = _claim(heads, low[1:], value)
+            elif table.hostnames and low.startswith(".") and len(low) > 1:
+                free = _claim(table.exact, low[1:], value) and _claim(heads, low, value)
+            elif table.hostnames and low.endswith(".*"):
+                free = _claim(tails, low[:-1], value)
             else:
-                low = key.lower()
-                if low in table.exact:
-                    raise build.error(f'conflicting parameter "{key}"', entry)
-                table.exact[low] = value
+                if table.hostnames and "*" in low:
+                    raise build.error(f'invalid hostname or wildcard "{key}"', entry)
+                free = _claim(table.exact, low, value)
+            if not free:
+                raise build.error(f'conflicting parameter "{key}"', entry)
         # Longest wildcard first, as NGINX's wildcard hash prefers the most specific name.
-        table.wild_head.sort(key=lambda kv: -len(kv[0]))
-        table.wild_tail.sort(key=lambda kv: -len(kv[0]))
+        table.wild_head = sorted(heads.items(), key=lambda kv: -len(kv[0]))
+        table.wild_tail = sorted(tails.items(), key=lambda kv: -len(kv[0]))
         return table
+
+
+def _claim(table: dict[str, Any], key: str, value: Any) -> bool:
+    """Add ``key`` unless present; whether it was free."""
+    if key in table:
+        return False
+    table[key] = value
+    return True
+
+
+def _declare_captures(build: Any, entry: Any) -> None:
+    """Named groups of a regex key become variables (``ngx_http_regex_compile``)."""
+    pattern = entry.name[2:] if entry.name.startswith("~*") else entry.name[1:]
+    try:
+        names = compile_pcre(pattern).groupindex
+    except re.error:
+        return  # reported when the map is parsed
+    for name in names:
+        try:
+            build.variables.add_capture(name)
+        except ValueError:
+            raise build.error(f'the duplicate "{name}" variable', entry) from None

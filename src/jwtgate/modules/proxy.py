@@ -531,7 +531,8 @@ class ProxyHandler:
                  self.request_line_tail]
         for name, value in self.set_headers:
             try:
-                raw = value(ctx).encode("utf-8")
+                # surrogateescape gives back raw octets kept in $uri (a %FF in the path)
+                raw = value(ctx).encode("utf-8", "surrogateescape")
             except UnicodeEncodeError:  # a lone surrogate from a claim's JSON escape
                 raw = b"\x00"
             if not raw:

@@ -11,15 +11,19 @@ import os
 import sys
 import time
 
-__all__ = ["setup_error_log", "NGINX_LEVELS"]
+__all__ = ["setup_error_log", "reopen_error_log", "NGINX_LEVELS", "NOTICE"]
+
+#: NGINX's ``notice``, between ``info`` and ``warn`` (Python logging has no such level).
+NOTICE = 25
+logging.addLevelName(NOTICE, "NOTICE")
 
 #: NGINX level names → Python logging levels.
 NGINX_LEVELS = {
-    "debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warn": logging.WARNING,
+    "debug": logging.DEBUG, "info": logging.INFO, "notice": NOTICE, "warn": logging.WARNING,
     "error": logging.ERROR, "crit": logging.CRITICAL, "alert": logging.CRITICAL,
     "emerg": logging.CRITICAL,
 }
-_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
+_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", NOTICE: "notice", logging.WARNING: "warn",
           logging.ERROR: "error", logging.CRITICAL: "crit"}
 
 
@@ -57,3 +61,20 @@ def setup_error_log(target: str = "stderr", level: str = "error") -> logging.Han
     logger.setLevel(NGINX_LEVELS.get(level, logging.ERROR))
     logger.propagate = False
     return handler
+
+
+def reopen_error_log() -> None:
+    """Reopen the error log file (log rotation, ``SIGUSR1``); nothing to do for stderr.
+
+    When the file cannot be opened, the old one stays in use and the failure is logged there.
+    """
+    for handler in logging.getLogger("jwtgate").handlers:
+        if isinstance(handler, logging.FileHandler):
+            try:
+                stream = handler._open()
+            except OSError as e:
+                logging.getLogger("jwtgate").error('reopening "%s" failed (%s)', handler.baseFilename, e.strerror)
+                continue
+            old = handler.setStream(stream)
+            if old is not None:
+                old.close()

@@ -3,7 +3,11 @@
 One process, one event loop (uvloop when available). Signals follow NGINX: ``HUP``
 reloads (the new configuration is compiled first; if it fails, the error is logged and the
 old one keeps serving), ``QUIT`` stops gracefully (in-flight requests finish), ``TERM`` and
-``INT`` stop fast, ``USR1`` reopens the access logs.
+``INT`` stop fast, ``USR1`` reopens the log files.
+
+Modules' resources (access logs, the Redis client, zone state; see
+:class:`~jwtgate.modules.base.Resource`) are opened before a Plan serves, flushed when a
+reload replaces it, closed when it retires, and reopened on ``USR1``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 from jwtgate.conf.plan import Plan, compile_plan
 from jwtgate.errors import ConfigError, JwtgateError
 from jwtgate.http.server import HttpProtocol
-from jwtgate.observability.errorlog import setup_error_log
+from jwtgate.observability.errorlog import reopen_error_log, setup_error_log
 from jwtgate.runtime.phases import Dispatcher
 
 __all__ = ["Gateway", "BindError", "run"]
@@ -42,7 +46,10 @@ class Gateway:
         plan: an already compiled Plan for ``path`` (compiled here when ``None``).
     """
 
-    def __init__(self, path: str, plan: Plan | None = None) -> None:
+    def __init__(self, path: str, plan: Plan | None = None, worker: bool = False) -> None:
+        #: a worker of a master (process/master.py): shares its ports with the other workers
+        #: (SO_REUSEPORT), leaves reloads and the pid file to the master
+        self.worker = worker
         self.path = path
         self.plan = plan if plan is not None else compile_plan(path)
         self.dispatcher = Dispatcher(lambda: self.plan)
@@ -51,6 +58,8 @@ class Gateway:
         self._counter = [0]
         self._stopped: asyncio.Future[None] | None = None
         self._old_plans: list[Plan] = []
+        #: handed to every Plan's resources: what outlives one configuration
+        self._keep: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<Gateway {self.path} listening={list(self._servers)} connections={len(self.connections)}>"
@@ -71,6 +80,8 @@ class Gateway:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.worker:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(addr)
@@ -85,22 +96,28 @@ class Gateway:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the access logs and bind every listening address of the plan.
+        """Open the plan's resources and bind every listening address of the plan.
 
         Raises:
             BindError: an address is in use or not available.
             OSError: an access log cannot be opened.
         """
-        self._open_logs(self.plan)
+        await self._open_resources(self.plan)
         for addr in self.plan.binds:
             await self._listen(addr)
         for addr in self.plan.binds:
             log.info("listening on %s:%d", *addr)
 
-    @staticmethod
-    def _open_logs(plan: Plan) -> None:
-        for access_log in plan.access_logs:
-            access_log.open()
+    async def _open_resources(self, plan: Plan) -> None:
+        opened = []
+        try:
+            for resource in plan.resources:
+                await resource.open(self._keep)
+                opened.append(resource)
+        except BaseException:
+            for resource in opened:
+                await resource.close()
+            raise
 
     async def reload(self) -> bool:
         """Compile the configuration again and switch to it if it is valid.
@@ -110,7 +127,7 @@ class Gateway:
         """
         try:
             new = compile_plan(self.path)
-            self._open_logs(new)
+            await self._open_resources(new)
         except (ConfigError, OSError) as e:
             log.error("reload failed, the old configuration stays in force: %s", e)
             return False
@@ -121,32 +138,39 @@ class Gateway:
                     await self._listen(addr)
         except BindError as e:
             log.error("reload failed, the old configuration stays in force: %s", e)
+            for resource in new.resources:
+                await resource.close()
             return False
         self.plan = new
         for addr in list(self._servers):
             if addr not in new.binds:
                 self._servers.pop(addr).close()
         setup_error_log(*new.error_log)
-        # Requests in flight still hold the old plan; its pools and logs close once idle.
-        asyncio.get_running_loop().call_later(SHUTDOWN_TIMEOUT, self._retire, old)
+        for resource in old.resources:
+            resource.flush()
+        # Requests in flight still hold the old plan; its pools and resources close once idle.
+        self._old_plans.append(old)
+        loop = asyncio.get_running_loop()
+        loop.call_later(SHUTDOWN_TIMEOUT, lambda: loop.create_task(self._retire(old)))
         log.info("configuration reloaded")
         return True
 
-    @staticmethod
-    def _retire(plan: Plan) -> None:
+    async def _retire(self, plan: Plan) -> None:
+        if plan in self._old_plans:
+            self._old_plans.remove(plan)
+        elif plan is not self.plan:
+            return  # already retired (by a stop before its reload timer fired)
         for pool in plan.pools:
             pool.close_all()
-        for access_log in plan.access_logs:
-            access_log.close()
+        for resource in plan.resources:
+            await resource.close()
 
     def reopen_logs(self) -> None:
-        """Reopen access-log files (after log rotation, ``SIGUSR1``)."""
-        for access_log in self.plan.access_logs:
-            access_log.flush()
-            try:
-                access_log.open()
-            except OSError as e:
-                log.error('reopening "%s" failed (%s)', access_log.path, e.strerror)
+        """Reopen the error log and the resources' files (after log rotation, ``SIGUSR1``)."""
+        reopen_error_log()
+        for plan in (*self._old_plans, self.plan):
+            for resource in plan.resources:
+                resource.reopen()
 
     async def stop(self, graceful: bool) -> None:
         """Stop listening, let in-flight requests finish (when ``graceful``), close everything."""
@@ -165,7 +189,9 @@ class Gateway:
                 await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
-        self._retire(self.plan)
+        for old in list(self._old_plans):
+            await self._retire(old)
+        await self._retire(self.plan)
 
     async def serve(self) -> None:
         """Start, then serve until a stop signal; handles HUP, QUIT, TERM, INT, USR1."""
@@ -182,9 +208,10 @@ class Gateway:
         loop.add_signal_handler(signal.SIGTERM, stop, False)
         loop.add_signal_handler(signal.SIGINT, stop, False)
         loop.add_signal_handler(signal.SIGQUIT, stop, True)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        if not self.worker:
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
-        pid_path = self.plan.pid
+        pid_path = None if self.worker else self.plan.pid
         if pid_path:
             with open(pid_path, "w", encoding="ascii") as f:
                 f.write(f"{os.getpid()}\n")
@@ -200,14 +227,17 @@ class Gateway:
                     pass
 
 
-def run(path: str, plan: Plan | None = None) -> None:
+def run(path: str, plan: Plan | None = None, worker: bool = False) -> None:
     """Run the gateway for ``path`` in the foreground until a stop signal.
+
+    Args:
+        worker: run as one worker of a master (see :mod:`jwtgate.process.master`).
 
     Raises:
         ConfigError: the configuration is invalid.
         BindError: a listening address cannot be bound.
     """
-    gateway = Gateway(path, plan)
+    gateway = Gateway(path, plan, worker)
     setup_error_log(*gateway.plan.error_log)
     # The plan and modules live as long as the process: keep the cycle collector off them,
     # and let it run less often (requests allocate many short-lived, acyclic objects).

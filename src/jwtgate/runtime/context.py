@@ -49,25 +49,35 @@ class RequestContext:
         headers: the request headers as sent, ``[(name, value), ...]`` (bytes).
         http: header values by NGINX variable name (lowercase, ``-`` as ``_``), str.
         server, location: the chosen server and location plans.
-        captures: regex captures of the location match (``$1``...).
+        captures: regex captures of the last match, server name, location or map (``$1``...).
+        capture_names: the group names of that match (``(?<name>...)``) → index, or ``None``.
         jwt: the verified token (:class:`jwtgate.jose.verify.VerifiedToken`) or ``None``.
         status: the response status (``$status``), 0 until known.
         body_bytes_sent, bytes_sent: bytes of response body and of the whole response.
         response_headers: extra headers for an answer the gateway makes itself
             (``WWW-Authenticate``), ``[(name, value), ...]`` (str).
-        upstream_addr, upstream_status, upstream_response_time: set by the proxy.
+        upstream_addr, upstream_status, upstream_response_time, upstream_connect_time,
+            upstream_header_time: set by the proxy.
         limit_req_status: ``PASSED``, ``DELAYED``, ``REJECTED`` or ``""``.
         start, start_wall: monotonic and wall-clock seconds when the request head arrived.
         request_length: bytes of the request head and body read.
         responder: the HTTP layer's response writer.
+        vars: values of ``set`` variables, by lowercased name; ``None`` until the first ``set``.
+        var_cache: cached variable values (:mod:`jwtgate.vars.registry`); ``None`` until used.
+        header_filter: ``filter(ctx, status, headers) -> headers``, applied by the responder
+            to the response head before it is written (``add_header``), or ``None``.
+        sent_headers, sent_length: the header fields and body length of the response head as
+            written (``$sent_http_*``); ``None`` until the head is sent.
     """
 
     __slots__ = (
         "conn", "method", "target", "uri", "args", "version", "headers", "http", "server",
         "location", "captures", "jwt", "status", "body_bytes_sent", "bytes_sent",
         "response_headers", "upstream_addr", "upstream_status", "upstream_response_time",
+        "upstream_connect_time", "upstream_header_time",
         "limit_req_status", "start", "start_wall", "request_length", "responder", "body",
-        "request_id", "extra",
+        "request_id", "extra", "capture_names", "vars", "var_cache", "header_filter",
+        "sent_headers", "sent_length",
     )
 
     def __init__(self, conn: ConnectionInfo, method: str, target: str, uri: str, args: str,
@@ -82,7 +92,8 @@ class RequestContext:
         self.http = http
         self.server: Any = None
         self.location: Any = None
-        self.captures: tuple[str, ...] = ()
+        self.captures: tuple[str | None, ...] = ()
+        self.capture_names: Any = None
         self.jwt: Any = None
         self.status = 0
         self.body_bytes_sent = 0
@@ -91,6 +102,8 @@ class RequestContext:
         self.upstream_addr = ""
         self.upstream_status = ""
         self.upstream_response_time = ""
+        self.upstream_connect_time = ""
+        self.upstream_header_time = ""
         self.limit_req_status = ""
         self.start = time.monotonic()
         self.start_wall = time.time()
@@ -100,6 +113,11 @@ class RequestContext:
         self.request_id = ""
         #: per-module scratch space, keyed by module name; created on first use
         self.extra: dict[str, Any] | None = None
+        self.vars: dict[str, str] | None = None
+        self.var_cache: dict[str, tuple[Any, str]] | None = None
+        self.header_filter: Any = None
+        self.sent_headers: list[tuple[bytes, bytes]] | None = None
+        self.sent_length: int | None = None
 
     def capture(self, index: int) -> str:
         """Regex capture ``index`` of the current match (``$1``...), ``''`` when absent."""

@@ -1,9 +1,10 @@
 """Running one request through its location's phases.
 
-``handle`` is what the HTTP layer calls for every request: pick the server and the
-location on the Plan current when the request arrived, run the access-type handlers in
-phase order (the first that answers ends the request), then the content handler, then the
-log handlers. Errors become NGINX's status codes; nothing escapes as a traceback to the
+The :class:`Dispatcher` is what the HTTP layer calls for every request: pick the server on
+the Plan current when the request arrived, run its server-rewrite script (``set``,
+``return``), pick the location (or answer NGINX's auto-redirect 301), run the location's
+access-type handlers in phase order (rewrite, preaccess, access, postaccess; the first that
+answers ends the request), then the content handler, then the log handlers. Errors become NGINX's status codes; nothing escapes as a traceback to the
 client.
 """
 
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from jwtgate.errors import HTTPError, UpstreamError
+from jwtgate.modules.rewrite import redirect_to_location
+from jwtgate.runtime.router import group_index
 
 __all__ = ["Dispatcher"]
 
@@ -36,19 +39,30 @@ class Dispatcher:
     async def __call__(self, ctx: Any) -> None:
         plan = self.current_plan()
         responder = ctx.responder
-        server = plan.select_server(ctx.conn.server_addr, ctx.conn.server_port, _host(ctx))
+        server, m = plan.find_server(ctx.conn.server_addr, ctx.conn.server_port, _host(ctx))
         ctx.server = server
+        if m is not None:
+            ctx.captures, ctx.capture_names = m.groups(), group_index(m)
         loc = None
         try:
+            # NGINX's server-rewrite phase: the server's set/return script, before routing.
             for handler in server.rewrite:
-                await handler(ctx)
-                return
-            found = server.locations.match(ctx.uri)
+                status = await handler(ctx)
+                if status is not None:
+                    if status > 0:
+                        self._error(ctx, status)
+                    return
+            found = server.locations.lookup(ctx.uri)
             if found is None:
                 self._error(ctx, _NOT_FOUND)
                 return
-            loc, ctx.captures = found
+            loc, m, redirect = found
             ctx.location = loc
+            if m is not None:
+                ctx.captures, ctx.capture_names = m.groups(), group_index(m)
+            if redirect:
+                redirect_to_location(ctx, loc.match.pattern)
+                return
             for handler in loc.access:
                 status = await handler(ctx)
                 if status is not None:

@@ -1,1 +1,6 @@
-"""jwtgate.state"""
+"""jwtgate.state: the state behind rate limits, in process memory or in Redis.
+
+``bucket`` is NGINX's leaky-bucket arithmetic (pure, no clock); ``store`` the interface both
+backends implement; ``memory`` the embedded default (per process); ``redis`` the shared
+backend (one Lua script per operation, in ``lua/``) and the connection a running gateway owns.
+"""

@@ -1,0 +1,225 @@
+"""The master process: N worker processes, each one event loop, supervised as NGINX does.
+
+``worker_processes N`` (or ``auto``) above 1 runs a master that never serves: it forks the
+workers (each binds the listening addresses with ``SO_REUSEPORT``, so the kernel spreads
+connections over them), restarts a worker that dies, and handles the signals:
+
+``HUP``   compile the configuration again; if it is valid, start new workers with it and
+          stop the old ones gracefully; if not, log the error and keep the old workers
+``QUIT``  graceful stop: workers finish their requests in flight
+``TERM``, ``INT``  fast stop
+``USR1``  reopen log files (master and workers)
+
+The environment variable ``JWTGATE_WORKERS`` overrides ``worker_processes`` (the benchmark
+harness sets it to 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+
+from jwtgate.conf.plan import Plan, compile_plan
+from jwtgate.errors import ConfigError
+from jwtgate.observability.errorlog import setup_error_log
+
+__all__ = ["run_gateway", "run_master", "worker_count"]
+
+log = logging.getLogger("jwtgate")
+
+_SIGNALS = {signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD}
+#: Seconds the master waits for workers to stop before killing them.
+STOP_TIMEOUT = 15.0
+#: More unexpected worker deaths than this within RESPAWN_WINDOW seconds stops the master.
+MAX_RESPAWNS = 10
+RESPAWN_WINDOW = 10.0
+
+
+def worker_count(plan: Plan) -> int:
+    """Workers to run: ``JWTGATE_WORKERS`` if set, else the plan's ``worker_processes``."""
+    env = os.environ.get("JWTGATE_WORKERS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, plan.worker_processes)
+
+
+def run_gateway(path: str, plan: Plan) -> int:
+    """Serve ``path`` in the foreground: one process, or a master and its workers.
+
+    Returns:
+        The exit status (0 after a requested stop).
+
+    Raises:
+        BindError: a listening address cannot be bound (checked before any worker starts).
+    """
+    from jwtgate.process.gateway import run
+
+    workers = worker_count(plan)
+    if workers <= 1:
+        run(path, plan)
+        return 0
+    return run_master(path, plan, workers)
+
+
+def _check_binds(plan: Plan) -> None:
+    """Fail early, in the master, when an address cannot be bound."""
+    from jwtgate.process.gateway import BindError
+
+    for host, port in plan.binds:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                raise BindError(f"bind() to {host}:{port} failed ({e.errno}: {e.strerror})") from None
+
+
+class _Master:
+    """The master's state: current workers (by pid) and the ones being retired."""
+
+    def __init__(self, path: str, plan: Plan, workers: int) -> None:
+        self.path = path
+        self.plan = plan
+        self.workers = workers
+        self.current: set[int] = set()
+        self.retiring: set[int] = set()
+        self.deaths: list[float] = []
+        self.stopping = False
+
+    def spawn(self, plan: Plan) -> int:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            status = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, set())
+                for sig in _SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                from jwtgate.process.gateway import run
+
+                run(self.path, plan, worker=True)
+                status = 0
+            except BaseException as e:  # a worker reports and exits; the master decides
+                log.critical("worker failed: %s", e)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        return pid
+
+    def start(self) -> None:
+        for _ in range(self.workers):
+            self.current.add(self.spawn(self.plan))
+        log.info("master %d started %d workers", os.getpid(), self.workers)
+
+    def signal_all(self, sig: int, pids: set[int] | None = None) -> None:
+        for pid in list(self.current | self.retiring if pids is None else pids):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def reload(self) -> None:
+        try:
+            new = compile_plan(self.path)
+        except ConfigError as e:
+            log.error("reload failed, the old configuration stays in force: %s", e)
+            return
+        old = set(self.current)
+        self.plan = new
+        self.current = {self.spawn(new) for _ in range(worker_count(new))}
+        time.sleep(0.2)  # let the new workers bind before the old ones stop accepting
+        self.retiring |= old
+        self.signal_all(signal.SIGQUIT, old)
+        log.info("configuration reloaded: %d new workers", len(self.current))
+
+    def reap(self) -> bool:
+        """Collect exited workers; restart unexpected deaths. False: give up."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if pid == 0:
+                return True
+            self.retiring.discard(pid)
+            if pid in self.current:
+                self.current.discard(pid)
+                if self.stopping:
+                    continue
+                log.error("worker %d exited unexpectedly (status %d), starting a new one",
+                          pid, os.waitstatus_to_exitcode(status))
+                now = time.monotonic()
+                self.deaths = [t for t in self.deaths if now - t < RESPAWN_WINDOW] + [now]
+                if len(self.deaths) > MAX_RESPAWNS:
+                    log.critical("workers keep dying; stopping")
+                    return False
+                self.current.add(self.spawn(self.plan))
+
+    def stop(self, sig: int) -> None:
+        self.stopping = True
+        self.signal_all(sig)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while (self.current or self.retiring) and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.05)
+        if self.current or self.retiring:
+            self.signal_all(signal.SIGKILL)
+            while self.current or self.retiring:
+                try:
+                    pid, _ = os.waitpid(-1, 0)
+                except ChildProcessError:
+                    break
+                self.current.discard(pid)
+                self.retiring.discard(pid)
+
+
+def run_master(path: str, plan: Plan, workers: int) -> int:
+    """Run a master and ``workers`` worker processes until a stop signal.
+
+    Returns:
+        0 after a requested stop, 1 when workers kept dying.
+
+    Raises:
+        BindError: a listening address cannot be bound.
+    """
+    setup_error_log(*plan.error_log)
+    _check_binds(plan)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    master = _Master(path, plan, workers)
+    if plan.pid:
+        with open(plan.pid, "w", encoding="ascii") as f:
+            f.write(f"{os.getpid()}\n")
+    status = 0
+    try:
+        master.start()
+        while True:
+            sig = signal.sigwait(_SIGNALS)
+            if sig == signal.SIGCHLD:
+                if not master.reap():
+                    master.stop(signal.SIGTERM)
+                    status = 1
+                    break
+            elif sig == signal.SIGHUP:
+                master.reload()
+            elif sig == signal.SIGUSR1:
+                setup_error_log(*master.plan.error_log)
+                master.signal_all(signal.SIGUSR1)
+            elif sig == signal.SIGQUIT:
+                log.info("graceful stop")
+                master.stop(signal.SIGQUIT)
+                break
+            else:
+                log.info("stopping")
+                master.stop(signal.SIGTERM)
+                break
+    finally:
+        if plan.pid:
+            try:
+                os.unlink(plan.pid)
+            except OSError:
+                pass
+    return status
