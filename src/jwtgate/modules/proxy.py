@@ -7,6 +7,7 @@ sets always replaces the client's header of the same name and an empty value rem
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -86,6 +87,11 @@ DIRECTIVES = (
           "Time between two writes to the upstream.", default="60s"),
     _spec("proxy_pass_request_headers", HSL, 1, 1, "proxy_pass_request_headers on | off;",
           "Whether the client's headers are passed upstream.", default="on"),
+    _spec("proxy_pass_header", HSL, 1, 1, "proxy_pass_header field;",
+          "Passes a response header hidden by default (Date, Server, X-Accel-*).",
+          inherit=Inherit.ARRAY),
+    _spec("proxy_pass_request_body", HSL, 1, 1, "proxy_pass_request_body on | off;",
+          "Whether the client's request body is passed upstream.", default="on"),
     _spec("proxy_hide_header", HSL, 1, 1, "proxy_hide_header field;",
           "A response header not passed to the client (beside Date, Server, X-Pad, X-Accel-*).",
           inherit=Inherit.ARRAY),
@@ -154,6 +160,8 @@ class ProxyPass:
     uri: str | None
     directive: Any
     scheme: str = "http"
+    #: a ``proxy_pass`` with variables: the URL, evaluated per request
+    dynamic: Any = None
 
 
 _TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
@@ -337,7 +345,9 @@ class ProxyModule(Module):
                 raise build.error('"proxy_pass" directive is duplicate', d)
             url = d.args[0]
             if "$" in url:
-                raise build.error('variables in "proxy_pass" are not supported yet', d)
+                if not url.lower().startswith(("http://", "https://", "$")):
+                    raise build.error(f'invalid URL prefix in "{url}"', d)
+                return ProxyPass("", None, d, "http", build.complex(url, d))
             scheme, sep, rest = url.partition("://")
             if not sep or scheme.lower() not in ("http", "https"):
                 raise build.error(f'invalid URL prefix in "{url}"', d)
@@ -355,7 +365,7 @@ class ProxyModule(Module):
             if not valid_field_name(field_name.encode("latin-1", "replace")):
                 raise build.error(f'invalid header name "{field_name}"', d)
             return field_name, build.complex(d.args[1], d)
-        if name == "proxy_hide_header":
+        if name in ("proxy_hide_header", "proxy_pass_header"):
             return d.args[0].lower().encode("latin-1")
         if name == "proxy_http_version":
             if d.args[0] not in ("1.0", "1.1"):
@@ -385,7 +395,7 @@ class ProxyModule(Module):
                 if p not in _TLS_VERSIONS:
                     raise build.error(f'invalid value "{p}" in "{name}" directive', d)
             return d.args
-        if name in ("proxy_pass_request_headers", "proxy_buffering", "proxy_ssl_verify",
+        if name in ("proxy_pass_request_headers", "proxy_pass_request_body", "proxy_buffering", "proxy_ssl_verify",
                     "proxy_ssl_server_name"):
             try:
                 return parse_flag(d.args[0])
@@ -459,6 +469,8 @@ class ProxyModule(Module):
         if not own:
             return {}
         pp: ProxyPass = own[-1][0]
+        if pp.dynamic is not None:
+            return {Phase.CONTENT: [DynamicProxyHandler(build, loc, pp)]}
         group = self._group_for(build, pp)
         return {Phase.CONTENT: [ProxyHandler(build, loc, pp, group)]}
 
@@ -511,11 +523,20 @@ class ProxyHandler:
         self.set_headers = [(n.encode("latin-1"), v) for n, v in
                             [*(dv for dv in defaults if dv[0].lower() not in names), *sets]]
         self.skip = _HOP_BY_HOP | {n.lower() for n, _ in self.set_headers}
-        self.hide = _HIDE_RESPONSE | frozenset(loc.get_all("proxy_hide_header"))
+        self.hide = ((_HIDE_RESPONSE | frozenset(loc.get_all("proxy_hide_header")))
+                     - (frozenset(loc.get_all("proxy_pass_header")) - _HOP_BY_HOP))
+        self.pass_body = loc.get("proxy_pass_request_body", True)
+        # With Server or Date passed from the upstream, the gateway adds neither of its own.
+        self.own_fields = not ({b"server", b"date"} & frozenset(loc.get_all("proxy_pass_header")))
+        if not self.own_fields:
+            self.hide = self.hide - {b"server", b"date"}  # both come from the upstream then
         self.request_line_tail = f" HTTP/{self.version}\r\n".encode()
 
     def upstream_uri(self, ctx: Any) -> str:
         """The request-target sent upstream (NGINX's rules for a URI part in ``proxy_pass``)."""
+        override = ctx.extra.get("proxy_uri") if ctx.extra else None
+        if override:
+            return override  # a proxy_pass with variables and a URI part: passed as is
         if self.uri is None or self.prefix is None:
             return ctx.target if ctx.target.startswith("/") else escape_path(ctx.uri) + (
                 "?" + ctx.args if ctx.args else "")
@@ -527,7 +548,7 @@ class ProxyHandler:
         if ctx.extra is None:
             ctx.extra = {}
         ctx.extra["proxy"] = (self.proxy_host, self.proxy_port)
-        parts = [ctx.method.encode("latin-1"), b" ", self.upstream_uri(ctx).encode("utf-8"),
+        parts = [ctx.method.encode("latin-1"), b" ", self.upstream_uri(ctx).encode("utf-8", "surrogateescape"),
                  self.request_line_tail]
         for name, value in self.set_headers:
             try:
@@ -552,7 +573,7 @@ class ProxyHandler:
                 if name.lower() not in skip:
                     parts += (name, b": ", value, b"\r\n")
         body = ctx.body
-        if body is not None and body.present:
+        if body is not None and body.present and self.pass_body:
             if body.length is not None:
                 parts += (b"Content-Length: ", str(body.length).encode(), b"\r\n")
             else:
@@ -580,7 +601,7 @@ class ProxyHandler:
         pool = group.pool
         responder = ctx.responder
         body = ctx.body
-        has_body = body is not None and body.present
+        has_body = body is not None and body.present and self.pass_body
         key = group.balance_key(ctx) if balancer.method != "round_robin" and balancer.method != "least_conn" else ""
         tried: list[Peer] = []
         start = time.monotonic()
@@ -625,7 +646,7 @@ class ProxyHandler:
                 for name, value in headers:
                     if name.lower() not in hide and valid_field_value(value):
                         out.append((name, value))
-                responder.start(status, out, length)
+                responder.start(status, out, length, self.own_fields)
                 return responder
 
             ex = Exchange(on_head, ctx.method == "HEAD", self.read_timeout)
@@ -728,3 +749,81 @@ class ProxyHandler:
 
 def _append(prev: str, value: str) -> str:
     return f"{prev}, {value}" if prev else value
+
+
+class DynamicProxyHandler:
+    """``proxy_pass`` with variables (``proxy_pass http://$backend;``), NGINX's rules.
+
+    The URL is evaluated per request. Its host must name an ``upstream`` group or be an IP
+    address: with no ``resolver``, NGINX cannot resolve other names at request time either
+    (502, ``no resolver defined to resolve ...``). A URI part, if present, replaces the
+    request URI as it is; without one the client's request URI is passed. One
+    :class:`ProxyHandler` per distinct target is built on first use and kept (bounded).
+    """
+
+    MAX_TARGETS = 256
+
+    def __init__(self, build: Any, loc: Any, pp: ProxyPass) -> None:
+        self.build = build
+        self.loc = loc
+        self.pp = pp
+        self.url = pp.dynamic
+        self.targets: dict[tuple[str, str], ProxyHandler] = {}
+
+    def _target(self, scheme: str, hostport: str) -> ProxyHandler:
+        key = (scheme, hostport.lower())
+        handler = self.targets.get(key)
+        if handler is not None:
+            return handler
+        groups = self.build.shared["proxy"]["groups"]
+        group = groups.get(hostport.lower())
+        if group is None:
+            host, port = _split_hostport(hostport, "443" if scheme == "https" else "80")
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise UpstreamError(502, f'no resolver defined to resolve {host}') from None
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise UpstreamError(502, f'invalid port in upstream "{hostport}"')
+            group = UpstreamGroup(hostport, Balancer([Peer(host, int(port), hostport)], self.build.clock),
+                                  ConnectionPool())
+        if len(self.targets) >= self.MAX_TARGETS:
+            old = self.targets.pop(next(iter(self.targets)))
+            old.group.pool.close_all()
+        handler = ProxyHandler(self.build, self.loc, ProxyPass(hostport, None, self.pp.directive, scheme), group)
+        self.targets[key] = handler
+        return handler
+
+    async def __call__(self, ctx: Any) -> None:
+        url = self.url(ctx)
+        scheme, sep, rest = url.partition("://")
+        scheme = scheme.lower()
+        if not sep or scheme not in ("http", "https") or not rest:
+            log.error('invalid URL prefix in "%s"', url[:200])
+            raise UpstreamError(500, "invalid proxy_pass URL")
+        hostport, slash, path = rest.partition("/")
+        if not hostport or any(c in hostport for c in " \t\r\n@?#"):
+            raise UpstreamError(502, "invalid host in proxy_pass URL")
+        if slash:
+            if ctx.extra is None:
+                ctx.extra = {}
+            target = "/" + path
+            if not valid_field_value(target.encode("utf-8", "surrogateescape")) or " " in target:
+                raise UpstreamError(500, "invalid URI in proxy_pass URL")
+            ctx.extra["proxy_uri"] = target
+        try:
+            handler = self._target(scheme, hostport)
+        except UpstreamError as e:
+            log.error("%s", e.reason)
+            raise
+        await handler(ctx)
+
+
+def _split_hostport(hostport: str, default_port: str) -> tuple[str, str]:
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        return host, (rest[1:] if rest.startswith(":") else default_port)
+    if ":" in hostport:
+        host, port = hostport.rsplit(":", 1)
+        return host, port
+    return hostport, default_port
