@@ -110,5 +110,11 @@ def read_argument(value: str, what: str, *, strip_newline: bool = True) -> str:
 
 
 def echo_json(obj: Any) -> None:
-    """Print ``obj`` as indented JSON (UTF-8, not ASCII-escaped) on stdout."""
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+    """Print ``obj`` as indented JSON (UTF-8, not ASCII-escaped) on stdout; a string that
+    is not valid Unicode (an unpaired surrogate from a hostile token) is \\u-escaped."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, indent=2, ensure_ascii=True)
+    click.echo(text)

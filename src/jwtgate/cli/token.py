@@ -145,6 +145,8 @@ def _json_text(obj: Any, indent: str) -> str:
 
 def _print_inspection(ins: Inspection, now: float, indent: str = "") -> None:
     def line(label: str, text: str) -> None:
+        # A token may hold an unpaired surrogate escape: show it escaped, never crash on it.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         click.echo(f"{indent}{label + ':':<11}{text}")
 
     kinds = {"JWS": "JWS (signed)", "JWE": "JWE (encrypted)"}

@@ -7,6 +7,8 @@ the same way (NGINX's ``ignore_invalid_headers``, ``$http_*`` names, URI normali
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,6 +21,15 @@ __all__ = ["RequestHead", "read_head"]
 #: Fields NGINX accepts once only (ngx_http_process_unique_header_line); a repeat is 400.
 _UNIQUE = frozenset({"host", "authorization", "content_length", "transfer_encoding", "expect",
                      "if_modified_since", "if_unmodified_since", "if_range", "content_range"})
+
+
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
+
+
+def _valid_host(host: str) -> bool:
+    """A ``Host`` value NGINX would accept: a reg-name or IP literal with an optional port;
+    no ``/``, ``\\``, spaces, controls, ``..`` or emptiness."""
+    return bool(host) and ".." not in host and _HOST.fullmatch(host) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +96,9 @@ def read_head(method: str, version: str, target: str,
         if b"_" in name:
             continue
         key = name.decode("latin-1").lower().replace("-", "_")
-        sval = value.decode("latin-1")
+        # UTF-8 where it is; other octets kept as surrogate escapes, so that logs and
+        # upstream headers give back exactly the bytes the client sent.
+        sval = value.decode("utf-8", "surrogateescape")
         if key in _UNIQUE and key in http:
             # Two Authorization or Host fields: which one would the upstream believe?
             raise HTTPError(400, f"client sent duplicate header line: {name.decode('latin-1')}")
@@ -112,4 +125,7 @@ def read_head(method: str, version: str, target: str,
         http["host"] = host
     elif version == "1.1" and "host" not in http:
         raise HTTPError(400, "missing Host header")
+    if "host" in http and not _valid_host(http["host"]):
+        # ngx_http_validate_host: the Host picks the server and may be echoed in a Location.
+        raise HTTPError(400, "client sent invalid host header")
     return RequestHead(method, version, target, uri, query, headers, http, content_length, chunked)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 from ..errors import TokenError
@@ -60,9 +61,33 @@ def _too_deep(obj: Any) -> bool:
     return False
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(obj: Any) -> bool:
+    """Whether any string (key or value) in ``obj`` holds an unpaired UTF-16 surrogate."""
+    stack = [obj]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if any("\ud800" <= ch <= "\udfff" for ch in node):
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
 def decode_object(raw: bytes, what: str) -> dict[str, Any]:
     """Parse ``raw`` as one JSON object (UTF-8, no duplicate members, no NaN), at most
-    :data:`MAX_JSON_DEPTH` deep; ``what`` names it in the error."""
+    :data:`MAX_JSON_DEPTH` deep; ``what`` names it in the error.
+
+    A ``\\uD800``-style escape without its pair is refused: it stands for no character and
+    cannot be written as UTF-8 (RFC 8259 §8.2), so no claim could reach a header, a log
+    line or a rate-limit key faithfully (two different claims could even meet as one key).
+    """
     try:
         obj = _DECODER.decode(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
@@ -72,4 +97,7 @@ def decode_object(raw: bytes, what: str) -> dict[str, Any]:
     # Fewer brackets than the limit cannot nest deeper than it: skip the walk on normal tokens.
     if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _too_deep(obj):
         raise TokenError("malformed", f"{what} nests deeper than {MAX_JSON_DEPTH}")
+    # Only a surrogate escape can produce one: skip the walk on normal tokens.
+    if _SURROGATE_ESCAPE.search(raw) and _lone_surrogate(obj):
+        raise TokenError("malformed", f"{what} holds an unpaired UTF-16 surrogate")
     return obj

@@ -10,6 +10,8 @@ Times are seconds since the epoch (RFC 7519 §2 NumericDate).
 
 from __future__ import annotations
 
+import math
+
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,6 +129,9 @@ def time_claims(claims: dict[str, Any], now: float) -> list[dict[str, Any]]:
         if type(value) is not int and type(value) is not float:
             continue
         assert isinstance(value, (int, float))
+        if not math.isfinite(value):  # 1e400: shown, never computed with
+            out.append({"claim": name, "value": str(value), "utc": "out of range", "relative": "never"})
+            continue
         delta = value - now
         rel = "now" if abs(delta) < 1 else (f"in {_span(delta)}" if delta > 0 else f"{_span(delta)} ago")
         out.append({"claim": name, "value": value, "utc": _utc(value), "relative": rel})

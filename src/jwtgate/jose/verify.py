@@ -25,6 +25,8 @@ exception leaves :meth:`Verifier.verify`.
 
 from __future__ import annotations
 
+import math
+
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -68,9 +70,12 @@ def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
         return None
     if type(value) is int or type(value) is float:
         try:
-            return float(value)
+            number = float(value)
         except OverflowError:
             pass
+        else:
+            if math.isfinite(number):  # 1e400 parses as infinity: never "never expires"
+                return number
     raise TokenError("bad_claims", f'"{name}" is not a number')
 
 

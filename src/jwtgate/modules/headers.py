@@ -56,7 +56,10 @@ class AddHeaders:
             text = value(ctx)
             if not text:
                 continue
-            raw = text.encode("utf-8", "surrogateescape")
+            try:
+                raw = text.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                continue  # not representable as octets: never written
             if not valid_field_value(raw):
                 continue  # a value with CR, LF or NUL is never written
             if out is None:

@@ -81,8 +81,17 @@ def escape_default(value: str) -> str:
         return "-"
     if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
         return value
-    return "".join(chr(b) if b in _DEFAULT_SAFE else f"\\x{b:02X}"
-                   for b in value.encode("utf-8", "surrogateescape"))
+    return "".join(chr(b) if b in _DEFAULT_SAFE else f"\\x{b:02X}" for b in to_bytes(value))
+
+
+def to_bytes(text: str) -> bytes:
+    """``text`` as the bytes it came from: raw octets kept as surrogate escapes (header
+    bytes that are not UTF-8) come back as they were; anything else unencodable is
+    backslash-escaped, so a log line is never lost to an encoding error."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
 
 
 _JSON_TABLE = {i: f"\\u{i:04X}" for i in range(0x20)}
@@ -405,11 +414,11 @@ def _make_logger(target: AccessLog, render: Callable[[Any], str], condition: Any
     write = target.write
     if condition is None:
         def write_line(ctx: Any) -> None:
-            write((render(ctx) + "\n").encode("utf-8", "surrogateescape"))
+            write(to_bytes(render(ctx) + "\n"))
         return write_line
 
     def write_if(ctx: Any) -> None:
         value = condition(ctx)
         if value and value != "0":
-            write((render(ctx) + "\n").encode("utf-8", "surrogateescape"))
+            write(to_bytes(render(ctx) + "\n"))
     return write_if

@@ -30,7 +30,11 @@ __all__ = ["run_gateway", "run_master", "worker_count"]
 
 log = logging.getLogger("jwtgate")
 
-_SIGNALS = {signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD}
+_SIGNALS = {signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD,
+            signal.SIGUSR2, signal.SIGWINCH}
+#: Signals whose default action would kill the master and orphan its workers.
+_IGNORED = (signal.SIGPIPE, signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGTTIN,
+            signal.SIGTTOU)
 #: Seconds the master waits for workers to stop before killing them.
 STOP_TIMEOUT = 15.0
 #: More unexpected worker deaths than this within RESPAWN_WINDOW seconds stops the master.
@@ -99,6 +103,7 @@ class _Master:
                 signal.pthread_sigmask(signal.SIG_SETMASK, set())
                 for sig in _SIGNALS:
                     signal.signal(sig, signal.SIG_DFL)
+                _die_with_parent()
                 from jwtgate.process.gateway import run
 
                 run(self.path, plan, worker=True)
@@ -188,6 +193,8 @@ def run_master(path: str, plan: Plan, workers: int) -> int:
     """
     setup_error_log(*plan.error_log)
     _check_binds(plan)
+    for sig in _IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     master = _Master(path, plan, workers)
     if plan.pid:
@@ -205,6 +212,8 @@ def run_master(path: str, plan: Plan, workers: int) -> int:
                     break
             elif sig == signal.SIGHUP:
                 master.reload()
+            elif sig in (signal.SIGUSR2, signal.SIGWINCH):
+                log.warning("signal %s (binary upgrade) is not supported; ignored", signal.Signals(sig).name)
             elif sig == signal.SIGUSR1:
                 setup_error_log(*master.plan.error_log)
                 master.signal_all(signal.SIGUSR1)
@@ -223,3 +232,14 @@ def run_master(path: str, plan: Plan, workers: int) -> int:
             except OSError:
                 pass
     return status
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM if the master dies, instead of serving on unsupervised."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the master's own handling must do
+        pass
