@@ -164,3 +164,80 @@ def test_least_conn_and_hash_directives_serve(gateway, upstream, upstream2):
     for _ in range(6):
         assert request(gw2.port, "GET", "/?user=alice").status == 200
     assert sorted([len(upstream.requests), len(upstream2.requests)]) == [0, 6]
+
+
+def test_send_timeout_is_504_when_the_upstream_stops_reading(gateway):
+    silent = Silent()  # accepts, never reads: its receive buffer fills up
+    try:
+        gw = gateway(f"""
+server {{
+    listen 127.0.0.1:{{port}};
+    client_max_body_size 0;
+    location / {{
+        proxy_pass http://127.0.0.1:{silent.port};
+        proxy_send_timeout 1s;
+        proxy_read_timeout 30s;
+    }}
+}}
+""")
+        size = 64 << 20
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=20)
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+
+        def pump():
+            block = b"\0" * (1 << 20)
+            try:
+                for _ in range(64):
+                    s.sendall(block)
+            except OSError:
+                pass  # the gateway answered and closed
+
+        t = threading.Thread(target=pump, daemon=True)
+        t.start()
+        t0 = time.monotonic()
+        answer = s.recv(200)
+        assert answer.startswith(b"HTTP/1.1 504 "), answer
+        assert time.monotonic() - t0 < 15
+        s.close()
+    finally:
+        silent.close()
+
+
+def test_slow_body_is_cut_after_read_timeout_and_gateway_keeps_serving(gateway, upstream):
+    """An upstream that sends its head and half its body, then stalls: after
+    proxy_read_timeout the client connection is cut (the response cannot be completed)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    held = []
+
+    def serve():
+        c, _ = srv.accept()
+        held.append(c)
+        c.recv(65536)
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 500)
+
+    threading.Thread(target=serve, daemon=True).start()
+    gw = gateway(f"""
+server {{
+    listen 127.0.0.1:{{port}};
+    location /stall/ {{ proxy_pass http://127.0.0.1:{srv.getsockname()[1]}; proxy_read_timeout 1s; }}
+    location / {{ proxy_pass http://127.0.0.1:{{upstream_port}}; }}
+}}
+""")
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    s.sendall(b"GET /stall/x HTTP/1.1\r\nHost: x\r\n\r\n")
+    t0 = time.monotonic()
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"x" * 500)
+    assert 0.8 < time.monotonic() - t0 < 6
+    assert request(gw.port, "GET", "/after").status == 200
+    srv.close()
+    for c in held:
+        c.close()

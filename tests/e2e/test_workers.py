@@ -71,3 +71,30 @@ def test_master_runs_workers_reloads_and_replaces_dead_ones(gateway, upstream, t
     # QUIT: graceful stop of everything, pid file removed.
     assert gw.stop(signal.SIGQUIT) == 0
     assert not (tmp_path / "jwtgate.pid").exists()
+
+
+def test_worker_shutdown_timeout_bounds_a_graceful_stop(gateway, tmp_path):
+    """A request that never finishes cannot hold a graceful stop past worker_shutdown_timeout."""
+    import socket
+    import threading
+
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(4)
+    conns = []
+    threading.Thread(target=lambda: conns.append(hang.accept()), daemon=True).start()
+    gw = gateway(f"""
+worker_shutdown_timeout 1s;
+server {{
+    listen 127.0.0.1:{{port}};
+    location / {{ proxy_pass http://127.0.0.1:{hang.getsockname()[1]}; proxy_read_timeout 60s; }}
+}}
+""")
+    client = socket.create_connection(("127.0.0.1", gw.port))
+    client.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_until(lambda: conns, timeout=5, what="the request to reach the upstream")
+    t0 = time.monotonic()
+    assert gw.stop(signal.SIGQUIT) == 0
+    assert time.monotonic() - t0 < 4
+    client.close()
+    hang.close()

@@ -358,7 +358,8 @@ server { listen 127.0.0.1:81; server_name *.x; return 200 x2; }
      "a duplicate default server for 0.0.0.0:80"),
     ("server { server_name www.*.example; }", 'server name "www.*.example" is invalid'),
     ("server { server_name ~; }", 'empty regex in server name "~"'),
-    ("server { listen 80 ssl; }", 'the "ssl" parameter of the "listen" directive is not supported yet'),
+    ("server { listen 80 ssl; }", 'no "ssl_certificate" is defined for the "listen ... ssl" directive'),
+    ("server { listen 80 http2; }", 'the "http2" parameter of the "listen" directive is not supported yet'),
     ("server { listen 99999; }", 'invalid port in "99999" of the "listen" directive'),
     ("server { listen 80 fancy; }", 'invalid parameter "fancy"'),
 ])

@@ -21,6 +21,7 @@ from jwtgate.errors import ConfigError
 from jwtgate.http.server import HttpLimits
 from jwtgate.modules.base import Phase
 from jwtgate.modules.core import Listen, LocationMatch
+from jwtgate.modules.tls import listen_contexts
 from jwtgate.runtime.router import LocationMatcher, ServerSelector
 
 __all__ = ["Plan", "ServerPlan", "LocationPlan", "compile_plan"]
@@ -95,6 +96,9 @@ class Plan:
         binds: addresses to listen on, ``[(host, port), ...]``.
         selectors: server selection by ``(local address, port)``; ``0.0.0.0`` for wildcards.
         limits: :class:`HttpLimits` by bound address.
+        tls: the TLS context of each ``listen ... ssl`` address (selector key); see
+            :meth:`tls_context`.
+        tls_binds: the bound addresses that are TLS.
         worker_processes, error_log, pid: main-context settings.
         warnings: non-fatal findings for ``jwtgate check``.
         pools: upstream connection pools the running gateway closes.
@@ -110,6 +114,10 @@ class Plan:
     worker_processes: int = 1
     error_log: tuple[str, str] = ("stderr", "error")
     pid: str | None = None
+    #: seconds requests in flight get on a graceful stop or reload (``worker_shutdown_timeout``)
+    worker_shutdown_timeout: float = 10.0
+    tls: dict[tuple[str, int], Any] = field(default_factory=dict)
+    tls_binds: frozenset[tuple[str, int]] = frozenset()
     warnings: list[ConfigError] = field(default_factory=list)
     pools: list[Any] = field(default_factory=list)
     resources: list[Any] = field(default_factory=list)
@@ -126,16 +134,23 @@ class Plan:
         The servers listening on exactly ``local:port`` are considered first, then those on
         the wildcard address of ``port``, as NGINX does.
         """
-        selector = self.selectors.get((local, port))
-        if selector is None:
-            if local.startswith("::ffff:"):
-                selector = self.selectors.get((local[7:], port))
-            if selector is None:
-                first, second = ("::", "0.0.0.0") if ":" in local else ("0.0.0.0", "::")
-                selector = self.selectors.get((first, port)) or self.selectors.get((second, port))
-            if selector is None:
-                selector = next(iter(self.selectors.values()))
-        return selector.find(host)  # type: ignore[no-any-return]
+        return self.selectors[self._selector_key(local, port)].find(host)  # type: ignore[no-any-return]
+
+    def _selector_key(self, local: str, port: int) -> tuple[str, int]:
+        key = (local, port)
+        if key in self.selectors:
+            return key
+        if local.startswith("::ffff:") and (local[7:], port) in self.selectors:
+            return local[7:], port
+        for host in (("::", "0.0.0.0") if ":" in local else ("0.0.0.0", "::")):
+            if (host, port) in self.selectors:
+                return host, port
+        return next(iter(self.selectors))
+
+    def tls_context(self, local: str, port: int) -> Any:
+        """The TLS context a connection accepted on ``local:port`` starts its handshake with
+        (its servers' certificates are then chosen by SNI), or ``None``."""
+        return self.tls.get(self._selector_key(local, port))
 
 
 def compile_plan(path: str, modules: Sequence[Any] | None = None, clock: Clock = SYSTEM_CLOCK) -> Plan:
@@ -194,6 +209,15 @@ def _plan(build: Build, path: str) -> Plan:
     wildcards = {(":" in host, port) for host, port in by_addr if host in _WILDCARDS}
     binds = [key for key in by_addr if key[0] in _WILDCARDS or (":" in key[0], key[1]) not in wildcards]
     limits = {key: _limits(build, selectors[key].default) for key in binds}
+    # `listen ... ssl` on any server of an address makes the address TLS, as in NGINX. A
+    # wildcard bind accepts TLS when one of the addresses it serves is TLS; each connection
+    # then follows its local address (plan.tls_context), as NGINX does.
+    ssl_addrs = {key for key, group in by_addr.items()
+                 if any(li.ssl and (li.host, li.port) == key for s in group for li in s.listens)}
+    tls = listen_contexts(build, by_addr, selectors, ssl_addrs)
+    tls_binds = frozenset(key for key in binds if any(
+        a == key or (key[0] in _WILDCARDS and a[1] == key[1] and (":" in a[0]) == (":" in key[0]))
+        for a in ssl_addrs))
     main = build.main_values
     plan = Plan(
         path=path, binds=binds, selectors=selectors, limits=limits, servers=servers,
@@ -201,6 +225,9 @@ def _plan(build: Build, path: str) -> Plan:
         error_log=(main["error_log"][0] if "error_log" in main
                    else build.http.get("error_log", ("stderr", "error")) if build.http else ("stderr", "error")),
         pid=build.path(main["pid"][0][0]) if "pid" in main else None,
+        worker_shutdown_timeout=(main["worker_shutdown_timeout"][0] if "worker_shutdown_timeout" in main
+                                 else 10.0),
+        tls=tls, tls_binds=tls_binds,
         warnings=list(build.warnings),
         pools=build.shared["proxy"]["pools"](),
         resources=[r for module in build.modules for r in module.resources(build)],
@@ -223,6 +250,11 @@ def _limits(build: Build, server: ServerPlan) -> HttpLimits:
     if ka is not None:
         limits.keepalive_timeout = ka
     limits.keepalive_requests = level.get("keepalive_requests", limits.keepalive_requests)
+    if limits.keepalive_timeout <= 0:
+        limits.keepalive_requests = 1  # keepalive_timeout 0: every answer closes
+    limits.client_body_timeout = level.get("client_body_timeout", limits.client_body_timeout)
+    limits.send_timeout = level.get("send_timeout", limits.send_timeout)
+    limits.client_header_buffer_size = level.get("client_header_buffer_size", limits.client_header_buffer_size)
     buffers = level.get("large_client_header_buffers")
     if buffers is not None:
         limits.large_client_header_buffers = buffers[1]

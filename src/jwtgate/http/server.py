@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,7 +37,13 @@ class HttpLimits:
     """Client-side limits, with NGINX's directive names and defaults.
 
     Attributes:
-        client_header_timeout: seconds to receive a whole request head (60).
+        client_header_timeout: seconds to receive a whole request head (60); also the TLS
+            handshake's limit.
+        client_body_timeout: longest wait between two reads of a request body (60): 408.
+        send_timeout: longest wait for the client to accept more bytes once writing is
+            paused (60): the connection is closed.
+        client_header_buffer_size: accepted for NGINX compatibility (1 KiB); heads are bounded
+            by ``large_client_header_buffers``.
         keepalive_timeout: seconds an idle keep-alive connection stays open (75).
         keepalive_requests: requests served on one connection before it is closed (1000).
         large_client_header_buffers: longest request line and header line, bytes (8 KiB).
@@ -47,10 +54,13 @@ class HttpLimits:
 
     __slots__ = ("client_header_timeout", "keepalive_timeout", "keepalive_requests",
                  "large_client_header_buffers", "max_header_bytes", "max_headers",
-                 "discard_body_limit")
+                 "discard_body_limit", "client_body_timeout", "send_timeout", "client_header_buffer_size")
 
     def __init__(self) -> None:
         self.client_header_timeout = 60.0
+        self.client_body_timeout = 60.0
+        self.send_timeout = 60.0
+        self.client_header_buffer_size = 1024
         self.keepalive_timeout = 75.0
         self.keepalive_requests = 1000
         self.large_client_header_buffers = 8 * 1024
@@ -136,6 +146,7 @@ class RequestBody:
             self.expect_continue = False
             if not self.complete and not self._chunks:
                 self._proto.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._proto.body_wanted(self)
         while not self._chunks:
             if self.complete:
                 return b""
@@ -184,10 +195,13 @@ class Responder:
         # go out in one write(2) (see flush).
         self._out: list[bytes] = []
 
-    def start(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None) -> None:
+    def start(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None,
+              own_fields: bool = True) -> None:
         """Write the status line and headers.
 
         Args:
+            own_fields: add the gateway's ``Server`` and ``Date``; ``False`` when ``headers``
+                carry the upstream's own (``proxy_pass_header Server``/``Date``).
             status: the status code.
             headers: fields to send, already validated and without framing or ``Connection``
                 fields (bytes pairs).
@@ -204,7 +218,8 @@ class Responder:
         no_body = status < 200 or status in (204, 304)
         if no_body:
             self.head_only = True
-        parts = [status_line(status, "1.1"), b"Server: jwtgate\r\nDate: ", http_date(), b"\r\n"]
+        parts = ([status_line(status, "1.1"), b"Server: jwtgate\r\nDate: ", http_date(), b"\r\n"]
+                 if own_fields else [status_line(status, "1.1")])
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
         if no_body:
@@ -216,6 +231,8 @@ class Responder:
             parts.append(b"Transfer-Encoding: chunked\r\n")
             self._chunked = not self.head_only
         else:
+            self.keep_alive = False
+        if getattr(self._proto, "_closing", False):  # (a timeout, a graceful stop): the last answer
             self.keep_alive = False
         if not self.keep_alive:
             parts.append(b"Connection: close\r\n")
@@ -249,6 +266,35 @@ class Responder:
         if self._chunked:
             self._out.append(b"0\r\n\r\n")
         self.flush()
+
+    async def sendfile(self, file: Any, offset: int, count: int) -> None:
+        """Send ``count`` bytes of ``file`` (a binary file object) from ``offset`` as the body,
+        after :meth:`start` with that length: ``loop.sendfile`` where the loop and transport
+        have it (plain TCP on asyncio's loop), else 64 KiB reads written with backpressure
+        (uvloop, TLS), so memory stays bounded. Raises ``OSError`` when the file shrank."""
+        self.flush()
+        if self.head_only or count <= 0:
+            return
+        self.ctx.body_bytes_sent += count
+        self.ctx.bytes_sent += count
+        transport = self._proto.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionError("client closed")
+        if not self._chunked:
+            try:
+                await asyncio.get_running_loop().sendfile(transport, file, offset, count, fallback=False)
+                return
+            except (NotImplementedError, RuntimeError):
+                pass  # not available here (SendfileNotAvailableError is a RuntimeError): copy
+        fd, pos, end = file.fileno(), offset, offset + count
+        while pos < end:
+            data = os.pread(fd, min(65536, end - pos), pos)
+            if not data:
+                raise OSError("file truncated while sending")
+            pos += len(data)
+            self._proto.write(chunk(data) if self._chunked else data)
+            if self._proto.writing_paused:
+                await self._proto.drain()
 
     @property
     def writing_paused(self) -> bool:
@@ -315,6 +361,13 @@ class Responder:
 
 Handler = Callable[[RequestContext], Awaitable[None]]
 
+#: NGINX's answer to a plain HTTP request on a TLS port (its internal code 497 becomes 400).
+PLAIN_HTTP_REASON = "The plain HTTP request was sent to HTTPS port"
+PLAIN_HTTP_BODY = (b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n"
+                   b"<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n"
+                   b"<center>The plain HTTP request was sent to HTTPS port</center>\r\n"
+                   b"<hr><center>jwtgate</center>\r\n</body>\r\n</html>\r\n")
+
 
 class HttpProtocol(asyncio.Protocol):
     """One client connection.
@@ -323,12 +376,15 @@ class HttpProtocol(asyncio.Protocol):
         handler: ``await handler(ctx)`` produces the response through ``ctx.responder``.
         limits: the :class:`HttpLimits` of the listening socket.
         counter: a one-element list, the process's connection counter (``$connection``).
-        https: whether the socket is TLS.
+        https: whether the connection is TLS (``$https``, ``$scheme``).
+        plain_on_https: a plain HTTP connection to a TLS port: every request is answered 400
+            "The plain HTTP request was sent to HTTPS port", as NGINX does.
     """
 
     def __init__(self, handler: Handler, limits: HttpLimits, counter: list[int], https: bool = False,
-                 on_close: Callable[[HttpProtocol], None] | None = None) -> None:
+                 on_close: Callable[[HttpProtocol], None] | None = None, plain_on_https: bool = False) -> None:
         self._handler = handler
+        self._plain_on_https = plain_on_https
         self._limits = limits
         self._counter = counter
         self._https = https
@@ -344,8 +400,14 @@ class HttpProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self._paused: set[str] = set()
         self._closing = False
+        self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        #: read side: client_header_timeout, keepalive_timeout or (``_body_timing``) client_body_timeout
         self._deadline: float | None = None
+        self._body_timing = False
+        #: write side: send_timeout while writing is paused
+        self._send_deadline: float | None = None
         self.writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self.flow_listener: tuple[Callable[[], None], Callable[[], None]] | None = None
@@ -372,6 +434,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._cancel_timer()
+        self._send_deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -406,29 +469,82 @@ class HttpProtocol(asyncio.Protocol):
     # float; the timer fires at most once per timeout and re-arms itself if the deadline moved.
 
     def _set_timer(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + seconds
-        if self._timer is None:
-            self._timer = loop.call_at(self._deadline, self._on_timeout)
+        self._body_timing = False
+        when = self._loop.time() + seconds
+        self._deadline = when
+        self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        """Make sure the timer fires no later than ``when``."""
+        timer = self._timer
+        if timer is None:
+            self._timer = self._loop.call_at(when, self._on_timeout)
+            self._timer_at = when
+        elif when < self._timer_at:
+            timer.cancel()
+            self._timer = self._loop.call_at(when, self._on_timeout)
+            self._timer_at = when
 
     def _cancel_timer(self) -> None:
         self._deadline = None
+        self._body_timing = False
+
+    def body_wanted(self, body: RequestBody) -> None:
+        """Start client_body_timeout for ``body`` (the body is read from now on)."""
+        if body is self._current_body and not body.complete and not self._closing:
+            self._set_timer(self._limits.client_body_timeout)
+            self._body_timing = True
 
     def _on_timeout(self) -> None:
         self._timer = None
-        deadline = self._deadline
-        if deadline is None or self._closing:
+        if self._closing and self._send_deadline is None:
             return
-        loop = asyncio.get_running_loop()
-        if loop.time() < deadline:
-            self._timer = loop.call_at(deadline, self._on_timeout)
-        elif self._task is None:
-            self.close()
-        elif self._in_head:
-            # A pipelined head still incomplete after client_header_timeout: answer the
-            # request in flight, then close.
+        now = self._loop.time()
+        send = self._send_deadline
+        if send is not None and now >= send:
+            self._send_deadline = None
+        if send is not None and now >= send and self.writing_paused:
+            log.info("client %s timed out (send_timeout) while sending the response",
+                     self.conn.remote_addr if self.conn else "?")
             self._closing = True
-            self.pause_reading("timeout")
+            if self.transport is not None:
+                self.transport.abort()  # close() would wait for the client to read
+            return
+        deadline = self._deadline
+        if deadline is not None and now >= deadline:
+            self._deadline = None
+            if self._body_timing:
+                self._body_timing = False
+                if self._paused:
+                    # Not the client's fault: we stopped reading (backpressure, pipelining).
+                    self._deadline = now + self._limits.client_body_timeout
+                    self._body_timing = True
+                else:
+                    self._body_timed_out()
+            elif self._task is None:
+                self.close()
+                return
+            elif self._in_head:
+                # A pipelined head still incomplete after client_header_timeout: answer the
+                # request in flight, then close.
+                self._closing = True
+                self.pause_reading("timeout")
+        nxt = min((t for t in (self._deadline, self._send_deadline) if t is not None), default=None)
+        if nxt is not None:
+            self._arm(nxt)
+
+    def _body_timed_out(self) -> None:
+        """client_body_timeout expired before the body was complete: 408, then close."""
+        log.info("client %s timed out (client_body_timeout) while reading the request body",
+                 self.conn.remote_addr if self.conn else "?")
+        body = self._current_body
+        self._bad = True
+        self._closing = True
+        self.pause_reading("timeout")
+        if body is not None and not body.complete:
+            body.abort(HTTPError(408, "client timed out"))
+        if self._task is None and not self._queue:
+            self.close()
 
     # -- flow control ---------------------------------------------------------------------
 
@@ -445,11 +561,15 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        when = self._loop.time() + self._limits.send_timeout
+        self._send_deadline = when
+        self._arm(when)
         if self.flow_listener is not None:
             self.flow_listener[0]()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self._send_deadline = None
         if self.flow_listener is not None:
             self.flow_listener[1]()
         w = self._drain_waiter
@@ -540,11 +660,16 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_timer()
+        if self._plain_on_https:
+            raise HTTPError(400, PLAIN_HTTP_REASON)
         parser = self._parser
         assert self.conn is not None
         ctx, body = self._make_context(parser)
         keep_alive = parser.should_keep_alive() and not self._bad
         self._current_body = body
+        if not body.complete and not body.expect_continue:
+            self._set_timer(self._limits.client_body_timeout)
+            self._body_timing = True
         self._queue.append((ctx, None, keep_alive))
         self._next()
 
@@ -564,9 +689,13 @@ class HttpProtocol(asyncio.Protocol):
         body = self._current_body
         if body is None:
             return
+        if self._body_timing:
+            self._deadline = self._loop.time() + self._limits.client_body_timeout
         body.feed(data)
 
     def on_message_complete(self) -> None:
+        if self._body_timing:
+            self._cancel_timer()
         if self._current_body is not None:
             self._current_body.finish()
             self._current_body = None
@@ -626,5 +755,5 @@ class HttpProtocol(asyncio.Protocol):
         assert self.conn is not None
         ctx = RequestContext(self.conn, "GET", "", "/", "", "1.1", [], {})
         responder = Responder(self, ctx, keep_alive=False)
-        responder.send(err.status)
+        responder.send(err.status, body=PLAIN_HTTP_BODY if err.reason == PLAIN_HTTP_REASON else None)
         self.close()

@@ -16,12 +16,16 @@ from jwtgate.modules.map import MapModule
 from jwtgate.modules.proxy import ProxyModule
 from jwtgate.modules.rewrite import RewriteModule
 from jwtgate.modules.state import StateModule
+from jwtgate.modules.static import StaticModule
+from jwtgate.modules.tls import SslModule
 
 __all__ = ["MODULES", "Module", "default_modules"]
 
 #: Module classes, in order.
 MODULES: tuple[type[Module], ...] = (
+    StaticModule,  # first: its error_page table is in place before any other handler answers
     CoreModule,
+    SslModule,
     HeadersModule,
     RewriteModule,
     MapModule,

@@ -144,7 +144,7 @@ class _BodyCollector:
         self._parts: list[bytes] = []
         self._size = 0
 
-    def start(self, status: int, headers: Any, length: int | None) -> None:
+    def start(self, status: int, headers: Any, length: int | None, own_fields: bool = True) -> None:
         self.status = status
         self.started = True
         if length is not None and length > self.limit:

@@ -50,6 +50,11 @@ DIRECTIVES = (
           nginx_notes="One error log per process: main context, or http when main has none; "
                       "server- and location-level error logs are not supported yet."),
     _spec("pid", Ctx.MAIN, 1, 1, "pid file;", "Writes the process ID to a file.", default="none"),
+    _spec("worker_shutdown_timeout", Ctx.MAIN, 1, 1, "worker_shutdown_timeout time;",
+          "On a graceful stop or a reload, how long requests in flight may take before the old "
+          "worker closes their connections.", default="10s",
+          nginx_notes="NGINX waits without limit by default; jwtgate bounds it at 10 s so that a "
+                      "reload never leaves old workers behind (WebSocket tunnels included)."),
     _spec("user", Ctx.MAIN, 1, 2, "user user [group];", _IGNORED_NOTE),
     _spec("worker_rlimit_nofile", Ctx.MAIN, 1, 1, "worker_rlimit_nofile number;", _IGNORED_NOTE),
     _spec("events", Ctx.MAIN, 0, 0, "events { ... }", "Accepted and ignored (asyncio chooses the event method).",
@@ -61,31 +66,60 @@ DIRECTIVES = (
           block=True, block_ctx=Ctx.HTTP, inherit=Inherit.NONE),
     _spec("server", H, 0, 0, "server { ... }", "A virtual server.",
           block=True, block_ctx=Ctx.SERVER, inherit=Inherit.NONE),
-    _spec("listen", S, 1, None, "listen [address:]port [default_server];",
-          "Address and port the server accepts requests on.", default="*:80", inherit=Inherit.NONE),
+    _spec("listen", S, 1, None, "listen [address:]port [ssl] [default_server];",
+          "Address and port the server accepts requests on; `ssl`: connections are TLS (see the "
+          "`ssl` module for certificates).", default="*:80", inherit=Inherit.NONE,
+          nginx_notes="`http2`, `quic` and `proxy_protocol` are refused. When any server on an "
+                      "address says `ssl`, the address is TLS for all of them, as in NGINX."),
     _spec("server_name", S, 1, None, "server_name name ...;",
           "Names of the virtual server: exact, `*.example.com`, `www.example.*`, `~regex`.",
           default='""', inherit=Inherit.NONE),
     _spec("location", SL, 1, 2, "location [ = | ^~ | ~ | ~* ] uri { ... } | location @name { ... }",
           "Configuration for request URIs that match.", block=True, block_ctx=Ctx.LOCATION,
           inherit=Inherit.NONE),
-    _spec("keepalive_timeout", HSL, 1, 2, "keepalive_timeout timeout;",
-          "Idle keep-alive connections are closed after this time.", default="75s"),
+    _spec("keepalive_timeout", HSL, 1, 2, "keepalive_timeout timeout [header_timeout];",
+          "Idle keep-alive connections are closed after this time; 0 disables keep-alive.",
+          default="75s", nginx_notes="The server's (or http) value applies to the address; "
+          "`header_timeout` (a `Keep-Alive: timeout=` field) is accepted and not sent."),
     _spec("keepalive_requests", HSL, 1, 1, "keepalive_requests number;",
-          "Requests served over one keep-alive connection.", default="1000"),
+          "Requests served over one keep-alive connection; the last one is answered with "
+          "`Connection: close`.", default="1000",
+          nginx_notes="The server's (or http) value applies to the address."),
     _spec("client_header_timeout", HS, 1, 1, "client_header_timeout time;",
           "Time to receive a whole request head.", default="60s"),
+    _spec("client_body_timeout", HS, 1, 1, "client_body_timeout time;",
+          "Longest wait between two reads of a request body; when it expires before the body is "
+          "complete the request is answered 408 and the connection closed.", default="60s",
+          nginx_notes="http and server levels only (the address's default server's value applies); "
+                      "the timer runs only while jwtgate wants the body (not while it is paused for "
+                      "backpressure, nor before `100 Continue` is sent)."),
+    _spec("send_timeout", HS, 1, 1, "send_timeout time;",
+          "Longest wait for the client to accept more response bytes once its socket buffer is "
+          "full; then the connection is closed.", default="60s",
+          nginx_notes="http and server levels only (the address's default server's value "
+                      "applies). Also applies to upgraded (WebSocket) connections."),
+    _spec("client_header_buffer_size", HS, 1, 1, "client_header_buffer_size size;",
+          "Size of the first buffer for a request head; longer heads use "
+          "`large_client_header_buffers`.", default="1k",
+          nginx_notes="Accepted and checked; jwtgate reads heads into growing buffers, so only "
+                      "`large_client_header_buffers` limits them (414, 431)."),
     _spec("client_max_body_size", HSL, 1, 1, "client_max_body_size size;",
           "Largest accepted request body; 413 above it. 0 disables the check.", default="1m"),
     _spec("large_client_header_buffers", HS, 2, 2, "large_client_header_buffers number size;",
           "Longest request line (414 above it) and header line; number x size bounds the head.",
-          default="4 8k"),
+          default="4 8k", nginx_notes="A header line or head over the limit is answered 431 "
+          "(NGINX: 400 \"Request Header Or Cookie Too Large\"); more than 100 header fields too."),
     _spec("server_tokens", HSL, 1, 1, "server_tokens on | off;",
           "jwtgate never sends its version; accepted for compatibility.", default="off"),
-    _spec("sendfile", HSL, 1, 1, "sendfile on | off;", _IGNORED_NOTE),
+    _spec("sendfile", HSL, 1, 1, "sendfile on | off;",
+          "Static files are sent with the event loop's sendfile where it has one (plain TCP), "
+          "else by 64 KiB reads and writes; `off` always reads and writes.", default="on",
+          nginx_notes="NGINX defaults to `off`. uvloop has no sendfile: there the bytes are copied."),
     _spec("tcp_nopush", HSL, 1, 1, "tcp_nopush on | off;", _IGNORED_NOTE),
     _spec("tcp_nodelay", HSL, 1, 1, "tcp_nodelay on | off;", _IGNORED_NOTE),
-    _spec("default_type", HSL, 1, 1, "default_type mime-type;", _IGNORED_NOTE),
+    _spec("default_type", HSL, 1, 1, "default_type mime-type;",
+          "`Content-Type` of static files whose extension the built-in table does not know.",
+          default="text/plain", nginx_notes="There is no `types` block: the extension table is built in."),
     _spec("internal", L, 0, 0, "internal;",
           "The location serves internal requests only (the subrequests of `auth_jwt_key_request`); "
           "a client's request for it gets 404.", inherit=Inherit.NONE),
@@ -101,6 +135,7 @@ class Listen:
     default_server: bool
     file: str
     line: int
+    ssl: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,15 +180,17 @@ def parse_listen(build: Any, d: Any) -> Listen:
             host = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
         except OSError:
             raise build.error(f'host not found in "{value}" of the "listen" directive', d) from None
-    default = False
+    default = tls = False
     for flag in d.args[1:]:
         if flag in ("default_server", "default"):
             default = True
-        elif flag in ("ssl", "http2", "quic", "proxy_protocol"):
+        elif flag == "ssl":
+            tls = True
+        elif flag in ("http2", "quic", "proxy_protocol"):
             raise build.error(f'the "{flag}" parameter of the "listen" directive is not supported yet', d)
         elif flag not in _LISTEN_FLAGS and not flag.startswith(("backlog=", "rcvbuf=", "sndbuf=", "ipv6only=")):
             raise build.error(f'invalid parameter "{flag}"', d)
-    return Listen(host, int(port_s), default, d.file, d.line)
+    return Listen(host, int(port_s), default, d.file, d.line, tls)
 
 
 def _location_words(args: tuple[str, ...]) -> tuple[str, str]:
@@ -298,8 +335,12 @@ class CoreModule(Module):
             level.location = parse_location(build, d)
             check_location_nesting(build, level, d)
             return level.location
-        if name in ("keepalive_timeout", "client_header_timeout"):
+        if name in ("keepalive_timeout", "client_header_timeout", "client_body_timeout", "send_timeout"):
+            if name == "keepalive_timeout" and len(d.args) > 1:
+                _time(build, d, d.args[1])
             return _time(build, d, d.args[0])
+        if name == "client_header_buffer_size":
+            return _size(build, d, d.args[0])
         if name == "keepalive_requests":
             if not d.args[0].isdigit():
                 raise build.error(f'invalid value "{d.args[0]}" in "{name}" directive', d)
@@ -316,6 +357,8 @@ class CoreModule(Module):
             except ValueError:
                 raise build.error(f'invalid value "{d.args[0]}" in "{name}" directive, it must be '
                                   '"on" or "off"', d) from None
+        if name == "worker_shutdown_timeout":
+            return _time(build, d, d.args[0])
         if name == "worker_processes":
             arg = d.args[0]
             if arg != "auto" and (not arg.isdigit() or int(arg) < 1):

@@ -737,7 +737,7 @@ class ProxyHandler:
                 break
             conn.write(chunk(data) if chunked else data)
             try:
-                await conn.drain()
+                await conn.drain(self.send_timeout)
             except UpstreamError:
                 if ex.head_seen:
                     return False

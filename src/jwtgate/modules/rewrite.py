@@ -127,7 +127,10 @@ def _return_op(spec: ReturnSpec) -> Callable[[Any], int]:
         return redirect
 
     if value is None:
-        # NGINX's own page for a redirect or an error code; nothing for the others
+        if code >= 400:
+            # the gateway's own error: answered by the dispatcher, through error_page if any
+            return lambda ctx: code
+        # NGINX's own page for a redirect; nothing for the others
         page = error_body(code) if code in _REDIRECTS else None
 
         def plain(ctx: Any) -> int:

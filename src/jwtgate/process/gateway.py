@@ -31,7 +31,7 @@ __all__ = ["Gateway", "BindError", "run"]
 log = logging.getLogger("jwtgate")
 
 #: Seconds in-flight requests get to finish on a graceful stop (``worker_shutdown_timeout``).
-SHUTDOWN_TIMEOUT = 10.0
+SHUTDOWN_TIMEOUT = 10.0  # the default of worker_shutdown_timeout
 
 
 class BindError(JwtgateError):
@@ -54,7 +54,7 @@ class Gateway:
         self.plan = plan if plan is not None else compile_plan(path)
         self.dispatcher = Dispatcher(lambda: self.plan)
         self.connections: set[HttpProtocol] = set()
-        self._servers: dict[tuple[str, int], asyncio.AbstractServer] = {}
+        self._servers: dict[tuple[str, int], asyncio.AbstractServer | TlsListener] = {}
         self._counter = [0]
         self._stopped: asyncio.Future[None] | None = None
         self._old_plans: list[Plan] = []
@@ -66,15 +66,16 @@ class Gateway:
 
     # -- sockets ----------------------------------------------------------------------
 
-    def _factory(self, addr: tuple[str, int]) -> Any:
+    def _factory(self, addr: tuple[str, int], https: bool = False, plain_on_https: bool = False) -> Any:
         def make() -> HttpProtocol:
             proto = HttpProtocol(self.dispatcher, self.plan.limits.get(addr) or next(iter(self.plan.limits.values())),
-                                 self._counter, on_close=self.connections.discard)
+                                 self._counter, https=https, on_close=self.connections.discard,
+                                 plain_on_https=plain_on_https)
             self.connections.add(proto)
             return proto
         return make
 
-    async def _listen(self, addr: tuple[str, int]) -> None:
+    async def _listen(self, addr: tuple[str, int], tls: bool = False) -> None:
         host, port = addr
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -91,7 +92,10 @@ class Gateway:
             sock.close()
             raise BindError(f"bind() to {host}:{port} failed ({e.errno}: {e.strerror})") from None
         loop = asyncio.get_running_loop()
-        self._servers[addr] = await loop.create_server(self._factory(addr), sock=sock)
+        if tls:
+            self._servers[addr] = TlsListener(self, addr, sock)
+        else:
+            self._servers[addr] = await loop.create_server(self._factory(addr), sock=sock)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -104,9 +108,9 @@ class Gateway:
         """
         await self._open_resources(self.plan)
         for addr in self.plan.binds:
-            await self._listen(addr)
+            await self._listen(addr, addr in self.plan.tls_binds)
         for addr in self.plan.binds:
-            log.info("listening on %s:%d", *addr)
+            log.info("listening on %s:%d%s", *addr, " (ssl)" if addr in self.plan.tls_binds else "")
 
     async def _open_resources(self, plan: Plan) -> None:
         opened = []
@@ -134,8 +138,13 @@ class Gateway:
         old = self.plan
         try:
             for addr in new.binds:
-                if addr not in self._servers:
-                    await self._listen(addr)
+                server = self._servers.get(addr)
+                if server is not None and isinstance(server, TlsListener) != (addr in new.tls_binds):
+                    # The address switches between TLS and plain HTTP: listen anew.
+                    self._servers.pop(addr).close()
+                    server = None
+                if server is None:
+                    await self._listen(addr, addr in new.tls_binds)
         except BindError as e:
             log.error("reload failed, the old configuration stays in force: %s", e)
             for resource in new.resources:
@@ -151,7 +160,7 @@ class Gateway:
         # Requests in flight still hold the old plan; its pools and resources close once idle.
         self._old_plans.append(old)
         loop = asyncio.get_running_loop()
-        loop.call_later(SHUTDOWN_TIMEOUT, lambda: loop.create_task(self._retire(old)))
+        loop.call_later(old.worker_shutdown_timeout, lambda: loop.create_task(self._retire(old)))
         log.info("configuration reloaded")
         return True
 
@@ -184,7 +193,7 @@ class Gateway:
                 conn.close()
         if graceful:
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + SHUTDOWN_TIMEOUT
+            deadline = loop.time() + self.plan.worker_shutdown_timeout
             while any(c.active for c in self.connections) and loop.time() < deadline:
                 await asyncio.sleep(0.05)
         for conn in list(self.connections):
@@ -225,6 +234,125 @@ class Gateway:
                     os.unlink(pid_path)
                 except OSError:
                     pass
+
+
+class TlsListener:
+    """Accepts connections on an address with ``listen ... ssl``.
+
+    Each accepted socket is peeked at (``MSG_PEEK``, nothing consumed): a TLS record
+    (``0x16``, or ``0x80`` for an SSLv2-style hello) starts the handshake with the context of
+    the socket's local address (the current Plan's, so a reload renews certificates); anything
+    else is a plain HTTP request, answered 400 "The plain HTTP request was sent to HTTPS port"
+    as NGINX does. The first byte must come within ``client_header_timeout``, and so must the
+    end of the handshake; a failed handshake closes the connection (logged at info).
+    """
+
+    def __init__(self, gateway: Gateway, addr: tuple[str, int], sock: socket.socket) -> None:
+        self._gateway = gateway
+        self._addr = addr
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._waiting: dict[socket.socket, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._loop.add_reader(sock.fileno(), self._accept)
+
+    def __repr__(self) -> str:
+        return f"<TlsListener {self._addr[0]}:{self._addr[1]}>"
+
+    def _limits(self) -> Any:
+        limits = self._gateway.plan.limits
+        return limits.get(self._addr) or next(iter(limits.values()))
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                conn, peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE, ECONNABORTED...
+                log.error("accept() failed: %s", e)
+                return
+            conn.setblocking(False)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            timer = self._loop.call_later(self._limits().client_header_timeout, self._drop, conn)
+            self._waiting[conn] = timer
+            self._loop.add_reader(conn.fileno(), self._sniff, conn, str(peer[0]))
+
+    def _drop(self, conn: socket.socket) -> None:
+        """Nothing arrived within client_header_timeout (or the listener closes)."""
+        timer = self._waiting.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        try:
+            self._loop.remove_reader(conn.fileno())
+        except (ValueError, OSError):
+            pass
+        conn.close()
+
+    def _sniff(self, conn: socket.socket, peer: str) -> None:
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            first = b""
+        timer = self._waiting.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        self._loop.remove_reader(conn.fileno())
+        if not first:
+            conn.close()
+            return
+        task = self._loop.create_task(self._start(conn, peer, first[0] in (0x16, 0x80)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start(self, conn: socket.socket, peer: str, tls: bool) -> None:
+        # NGINX decides per local address: a plain address under a TLS wildcard bind is
+        # served plain; a TLS address answers plain HTTP with 400.
+        address_context = self._gateway.plan.tls_context(*self._local(conn))
+        context = address_context if tls else None
+        plain_on_https = address_context is not None and not tls
+        factory = self._gateway._factory(self._addr, https=context is not None, plain_on_https=plain_on_https)
+        try:
+            if context is None:
+                await self._loop.connect_accepted_socket(factory, conn)
+            else:
+                await self._loop.connect_accepted_socket(
+                    factory, conn, ssl=context, ssl_handshake_timeout=self._limits().client_header_timeout)
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        except (OSError, asyncio.TimeoutError, ValueError) as e:
+            log.info("SSL handshake with client %s failed: %s", peer, e)
+            conn.close()
+
+    @staticmethod
+    def _local(conn: socket.socket) -> tuple[str, int]:
+        try:
+            local = conn.getsockname()
+            return str(local[0]), int(local[1])
+        except OSError:
+            return "", 0
+
+    def close(self) -> None:
+        """Stop accepting; drop the connections still waiting for their first byte or handshake."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._loop.remove_reader(self._sock.fileno())
+        except (ValueError, OSError):
+            pass
+        self._sock.close()
+        for conn in list(self._waiting):
+            self._drop(conn)
+        for task in list(self._tasks):
+            task.cancel()
 
 
 def run(path: str, plan: Plan | None = None, worker: bool = False) -> None:

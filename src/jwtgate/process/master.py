@@ -167,7 +167,7 @@ class _Master:
     def stop(self, sig: int) -> None:
         self.stopping = True
         self.signal_all(sig)
-        deadline = time.monotonic() + STOP_TIMEOUT
+        deadline = time.monotonic() + max(STOP_TIMEOUT, self.plan.worker_shutdown_timeout + 5)
         while (self.current or self.retiring) and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.05)

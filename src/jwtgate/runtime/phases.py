@@ -17,6 +17,7 @@ from typing import Any
 
 from jwtgate.errors import HTTPError, UpstreamError
 from jwtgate.modules.rewrite import redirect_to_location
+from jwtgate.modules.static import send_error_page
 from jwtgate.runtime.router import group_index
 
 __all__ = ["Dispatcher"]
@@ -50,11 +51,11 @@ class Dispatcher:
                 status = await handler(ctx)
                 if status is not None:
                     if status > 0:
-                        self._error(ctx, status)
+                        await self._error(ctx, status)
                     return
             found = server.locations.lookup(ctx.uri)
             if found is None:
-                self._error(ctx, _NOT_FOUND)
+                await self._error(ctx, _NOT_FOUND)
                 return
             loc, m, redirect = found
             ctx.location = loc
@@ -67,17 +68,17 @@ class Dispatcher:
                 status = await handler(ctx)
                 if status is not None:
                     if status > 0:
-                        self._error(ctx, status)
+                        await self._error(ctx, status)
                     return
             if loc.content is None:
-                self._error(ctx, _NOT_FOUND)
+                await self._error(ctx, _NOT_FOUND)
                 return
             await loc.content(ctx)
         except (UpstreamError, HTTPError) as e:
             if responder.started:
                 responder.keep_alive = False
             else:
-                self._error(ctx, e.status)
+                await self._error(ctx, e.status)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -85,7 +86,7 @@ class Dispatcher:
             if responder.started:
                 responder.keep_alive = False
             else:
-                self._error(ctx, 500)
+                await self._error(ctx, 500)
         finally:
             if not responder.finished and responder.started:
                 # A response cut short: the client must not mistake it for a whole one.
@@ -98,7 +99,9 @@ class Dispatcher:
                     log.exception("access log failed")
 
     @staticmethod
-    def _error(ctx: Any, status: int) -> None:
+    async def _error(ctx: Any, status: int) -> None:
+        if ctx.extra is not None and await send_error_page(ctx, status):  # error_page
+            return
         headers = [(n.encode("latin-1"), v.encode("utf-8")) for n, v in ctx.response_headers]
         ctx.responder.send(status, headers)
 

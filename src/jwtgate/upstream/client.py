@@ -179,11 +179,21 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    async def drain(self) -> None:
-        """Wait until the upstream socket accepts more request bytes."""
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until the upstream socket accepts more request bytes.
+
+        Args:
+            timeout: seconds the upstream may stay unwritable (``proxy_send_timeout``).
+
+        Raises:
+            UpstreamError: 504 when ``timeout`` passes, 502 when the connection closes.
+        """
         if self._write_paused and not self.closed:
             self._drain = asyncio.get_running_loop().create_future()
-            await self._drain
+            try:
+                await asyncio.wait_for(self._drain, timeout)
+            except asyncio.TimeoutError:
+                raise UpstreamError(504, "upstream timed out while sending request to upstream") from None
 
     def close(self) -> None:
         self.closed = True
