@@ -146,6 +146,23 @@ class Build:
     def warn(self, message: str, d: Directive | None) -> None:
         self.warnings.append(self.error(message, d))
 
+    def jwt_variable_used(self, names: Iterable[str]) -> str | None:
+        """The first ``$jwt_*`` variable that ``names`` use, directly or through ``map``
+        variables (transitively), or ``None``. Decides whether something can only be
+        evaluated after authentication (``limit_req``'s phase rule, ``set`` warnings)."""
+        deps = self.shared.get("var_deps", {})
+        seen: set[str] = set()
+        stack = list(names)
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name.startswith("jwt_"):
+                return name
+            stack.extend(deps.get(name, ()))
+        return None
+
     def spec_group(self, name: str) -> str:
         specs = self.specs.get(name)
         return specs[0].merge_group if specs else name

@@ -213,7 +213,7 @@ class LimitReqModule(Module):
         if name in zones:
             raise build.error(f'limit_req_zone "{name}" is already bound to key "{zones[name].key.source}"', d)
         capacity = capacity_of(size)
-        zone = Zone(name, key, rate, size, capacity, sync, _depends_on_jwt(build, key.variables), d,
+        zone = Zone(name, key, rate, size, capacity, sync, build.jwt_variable_used(key.variables) is not None, d,
                     None if sync else MemoryLimitZone(name, capacity, rate))
         zones[name] = zone
         return zone
@@ -287,20 +287,6 @@ class LimitReqModule(Module):
         return [ZoneStates(memory)] if memory else []
 
 
-def _depends_on_jwt(build: Any, names: tuple[str, ...]) -> bool:
-    """Whether any of ``names`` is a ``$jwt_*`` variable or a map over one (transitively)."""
-    deps = build.shared.get("var_deps", {})
-    seen: set[str] = set()
-    stack = list(names)
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name.startswith("jwt_"):
-            return True
-        stack.extend(deps.get(name, ()))
-    return False
 
 
 class ZoneStates:

@@ -202,20 +202,6 @@ def _set_getter(key: str) -> Callable[[Any], str]:
     return get
 
 
-def _before_auth(build: Any, names: tuple[str, ...]) -> str | None:
-    """The first ``$jwt_*`` variable ``names`` use, directly or through a map, or ``None``."""
-    deps = build.shared.get("var_deps", {})
-    seen: set[str] = set()
-    stack = list(names)
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name.startswith("jwt_"):
-            return name
-        stack.extend(deps.get(name, ()))
-    return None
 
 
 class RewriteModule(Module):
@@ -247,7 +233,7 @@ class RewriteModule(Module):
             op = parse_return(build, d)
         value = op.value
         if value is not None:
-            jwt = _before_auth(build, value.variables)
+            jwt = build.jwt_variable_used(value.variables)
             if jwt is not None:
                 build.warn(f'"${jwt}" is empty in "{d.name}": the rewrite phase runs before '
                            'authentication', d)
