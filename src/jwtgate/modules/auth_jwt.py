@@ -149,8 +149,8 @@ class AuthJwtModule(Module):
     directives = DIRECTIVES
 
     def declare(self, build: Any) -> None:
-        build.variables.add_prefix("jwt_header_", _header_var, self.name)
-        build.variables.add_prefix("jwt_claim_", _claim_var, self.name)
+        build.variables.add_prefix("jwt_header_", lambda name: _jwt_var("header", (name,)), self.name)
+        build.variables.add_prefix("jwt_claim_", lambda name: _jwt_var("claims", (name,)), self.name)
         build.variables.add("jwt_payload", _payload_var, self.name)
         build.shared["auth_jwt"] = {"keysets": {}, "verifiers": {}, "remotes": {}}
 
@@ -164,7 +164,7 @@ class AuthJwtModule(Module):
         names = tuple(d.args[1:])
         if any(not n for n in names):
             raise build.error(f'empty name in "{d.name}" directive', d)
-        getter = _claim_path_var(names) if d.name == "auth_jwt_claim_set" else _header_path_var(names)
+        getter = _jwt_var("claims" if d.name == "auth_jwt_claim_set" else "header", tuple(names))
         try:
             build.variables.add(var[1:], getter, self.name)
         except ValueError:
@@ -415,49 +415,30 @@ class AuthJwtHandler:
         return None
 
 
-def _header_var(name: str) -> Any:
-    def get(ctx: Any) -> str:
+def _jwt_var(part: str, path: tuple[str, ...]) -> Any:
+    """A getter for a value of the verified token: ``part`` is ``"header"`` or ``"claims"``,
+    ``path`` the keys into nested objects (``$jwt_claim_sub`` is ``("sub",)``; an
+    ``auth_jwt_claim_set $v a b`` is ``("a", "b")``), rendered as NGINX Plus renders claims.
+    ``''`` before verification or when the value is absent."""
+    if len(path) == 1:
+        key = path[0]
+
+        def get(ctx: Any) -> str:
+            jwt = ctx.jwt
+            if jwt is None:
+                return ""
+            value = getattr(jwt, part).get(key)
+            return "" if value is None else claim_to_str(value)
+        return get
+    keys = list(path)
+
+    def get_path(ctx: Any) -> str:
         jwt = ctx.jwt
         if jwt is None:
             return ""
-        value = jwt.header.get(name)
+        value = lookup_path(getattr(jwt, part), keys)
         return "" if value is None else claim_to_str(value)
-    return get
-
-
-def _claim_var(name: str) -> Any:
-    def get(ctx: Any) -> str:
-        jwt = ctx.jwt
-        if jwt is None:
-            return ""
-        value = jwt.claims.get(name)
-        return "" if value is None else claim_to_str(value)
-    return get
-
-
-def _claim_path_var(names: tuple[str, ...]) -> Any:
-    """``auth_jwt_claim_set $v a b``: ``claims["a"]["b"]``, rendered as NGINX Plus does."""
-    path = list(names)
-
-    def get(ctx: Any) -> str:
-        jwt = ctx.jwt
-        if jwt is None:
-            return ""
-        value = lookup_path(jwt.claims, path)
-        return "" if value is None else claim_to_str(value)
-    return get
-
-
-def _header_path_var(names: tuple[str, ...]) -> Any:
-    path = list(names)
-
-    def get(ctx: Any) -> str:
-        jwt = ctx.jwt
-        if jwt is None:
-            return ""
-        value = lookup_path(jwt.header, path)
-        return "" if value is None else claim_to_str(value)
-    return get
+    return get_path
 
 
 def _payload_var(ctx: Any) -> str:
