@@ -117,6 +117,9 @@ def run(conf: str) -> None:
     Example:
       jwtgate run -c examples/reference/gateway.conf
     """
+    from jwtgate.process.runtime import setup_runtime_dir
+
+    setup_runtime_dir()  # first: prometheus_client reads its directory at import
     from jwtgate.process.gateway import BindError
     from jwtgate.process.master import run_gateway
 
