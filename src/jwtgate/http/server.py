@@ -269,9 +269,18 @@ class Responder:
 
     async def sendfile(self, file: Any, offset: int, count: int) -> None:
         """Send ``count`` bytes of ``file`` (a binary file object) from ``offset`` as the body,
-        after :meth:`start` with that length: ``loop.sendfile`` where the loop and transport
-        have it (plain TCP on asyncio's loop), else 64 KiB reads written with backpressure
-        (uvloop, TLS), so memory stays bounded. Raises ``OSError`` when the file shrank."""
+        after :meth:`start` with that length (NGINX's ``sendfile on``).
+
+        Zero-copy where it can: ``loop.sendfile`` where the loop has it (asyncio's loop, plain
+        TCP); under uvloop, which has no ``loop.sendfile``, ``os.sendfile(2)`` straight to the
+        socket whenever the transport's own buffer is empty (so bytes stay in order). What the
+        socket does not take at once goes as 64 KiB reads written with backpressure, as do TLS
+        and chunked bodies, so memory stays bounded.
+
+        Raises:
+            OSError: the file shrank while it was being sent.
+            ConnectionError: the client closed the connection.
+        """
         self.flush()
         if self.head_only or count <= 0:
             return
@@ -280,14 +289,24 @@ class Responder:
         transport = self._proto.transport
         if transport is None or transport.is_closing():
             raise ConnectionError("client closed")
+        sock_fd = -1
         if not self._chunked:
             try:
                 await asyncio.get_running_loop().sendfile(transport, file, offset, count, fallback=False)
                 return
             except (NotImplementedError, RuntimeError):
-                pass  # not available here (SendfileNotAvailableError is a RuntimeError): copy
+                pass  # not available here (SendfileNotAvailableError is a RuntimeError)
+            sock = transport.get_extra_info("socket")
+            if sock is not None and transport.get_extra_info("ssl_object") is None:
+                sock_fd = sock.fileno()
         fd, pos, end = file.fileno(), offset, offset + count
         while pos < end:
+            if sock_fd >= 0 and transport.get_write_buffer_size() == 0:
+                pos += _sendfile_some(sock_fd, fd, pos, end - pos)
+                if pos >= end:
+                    break
+            # The socket is full (or zero-copy is not possible): one read, written through the
+            # transport, which tells us when the socket drains.
             data = os.pread(fd, min(65536, end - pos), pos)
             if not data:
                 raise OSError("file truncated while sending")
@@ -295,6 +314,8 @@ class Responder:
             self._proto.write(chunk(data) if self._chunked else data)
             if self._proto.writing_paused:
                 await self._proto.drain()
+            if transport.is_closing():
+                raise ConnectionError("client closed")
 
     @property
     def writing_paused(self) -> bool:
@@ -357,6 +378,27 @@ class Responder:
         self.start(status, hdrs, len(body))
         self.write(body)
         self.end()
+
+
+def _sendfile_some(sock_fd: int, fd: int, pos: int, count: int) -> int:
+    """``sendfile(2)`` from ``fd`` at ``pos`` to the non-blocking socket until it is full or
+    ``count`` bytes are sent; returns the bytes sent.
+
+    Raises:
+        OSError: the file ended early (``sendfile`` returned 0) or the socket failed.
+    """
+    sent = 0
+    while sent < count:
+        try:
+            n = os.sendfile(sock_fd, fd, pos + sent, count - sent)
+        except BlockingIOError:
+            break
+        except InterruptedError:
+            continue
+        if n == 0:
+            raise OSError("file truncated while sending")
+        sent += n
+    return sent
 
 
 Handler = Callable[[RequestContext], Awaitable[None]]

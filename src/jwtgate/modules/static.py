@@ -15,8 +15,8 @@ redirect to ``$uri`` + the name, as NGINX) or 403 (no autoindex); a directory UR
 ``Accept-Ranges``; ``If-None-Match``/``If-Modified-Since`` (exact date, NGINX's default)
 answer 304, ``If-Match``/``If-Unmodified-Since`` 412; one byte range answers 206 (with
 ``If-Range``), an unsatisfiable one 416, several ranges the whole file (200). The body is
-sent with the loop's ``sendfile`` when it can (``sendfile on``, plain TCP on a loop that has
-it), otherwise read and written 64 KiB at a time with backpressure: memory stays bounded
+sent with ``sendfile(2)`` when it can (``sendfile on`` over plain TCP; see
+:meth:`Responder.sendfile`), otherwise read and written 64 KiB at a time with backpressure: memory stays bounded
 whatever the file size. Symbolic links are followed (NGINX's ``disable_symlinks off``); a
 path that would climb out of its ``alias`` through ``..`` is refused (404).
 
@@ -696,6 +696,9 @@ class StaticModule(Module):
             if loc.own("try_files"):
                 d = loc.own("try_files")[0][1]
                 raise build.error('"try_files" with "proxy_pass" in one location is not supported', d)
+            return out
+        # Another module answers this location (its ``content_directives``: dashboard, api...).
+        if any(loc.own(n) for m in build.modules for n in getattr(m, "content_directives", ())):
             return out
         match = loc.location
         alias = loc.own("alias")
