@@ -132,3 +132,42 @@ server { listen *:{port2} default_server; return 200 "second port"; }
     assert get(gw.port, "/", "wild").body == b"exact address"
     assert get(gw.port, "/", "exact").body == b"exact address"
     assert request(port2, "GET", "/").body == b"second port"
+
+
+SERVER_LEVEL = r"""
+upstream api_server { server 127.0.0.1:{upstream_port}; }
+
+server {
+    listen 127.0.0.1:{port};
+    auth_jwt "site";
+    auth_jwt_key_file {keys};
+    root {site};
+    add_header X-Server-Level yes always;
+
+    location /products/ { proxy_pass http://api_server; }
+}
+"""
+
+
+def test_request_matching_no_location_runs_the_server_level(gateway, upstream, tmp_path):
+    """NGINX serves a request that matches no location with the server level's settings:
+    its auth_jwt answers 401 (not a bare 404), its root serves files."""
+    from jwtgate_e2e import bearer, mint_hs, now
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "openapi.json").write_text('{"openapi": "3.1.0"}')
+    gw = gateway(SERVER_LEVEL.replace("{site}", str(site)))
+    r = request(gw.port, "GET", "/openapi.json")
+    assert r.status == 401
+    assert r.header("WWW-Authenticate") == 'Bearer realm="site"'
+    assert r.header("X-Server-Level") == "yes"
+    good = bearer(mint_hs({"sub": "alice", "exp": now() + 60}))
+    r = request(gw.port, "GET", "/openapi.json", headers=good)
+    assert r.status == 200 and r.body == b'{"openapi": "3.1.0"}'
+    assert request(gw.port, "GET", "/nothing-here", headers=good).status == 404
+    assert request(gw.port, "GET", "/nothing-here").status == 401
+    # the location still works as before
+    assert request(gw.port, "GET", "/products/1", headers=good).status == 200
+    assert request(gw.port, "GET", "/products/1").status == 401
+    assert len(upstream.requests) == 1

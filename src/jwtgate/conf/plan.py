@@ -72,6 +72,10 @@ class ServerPlan:
             filter), run before the location is chosen; each returns as an access handler.
         locations: its :class:`LocationMatcher`.
         log: log handlers for requests that match no location.
+        unmatched: what serves a request that matches no location: the server level's own
+            handlers (``limit_req``, ``auth_jwt``, ``allow``/``deny``, a ``root``), as NGINX
+            runs a request without a location with the server's configuration; ``None`` when
+            a module reported an error for it.
     """
 
     names: tuple[str, ...]
@@ -82,6 +86,7 @@ class ServerPlan:
     log: tuple[Any, ...]
     file: str
     line: int
+    unmatched: LocationPlan | None = None
 
     def __repr__(self) -> str:
         return f"<server {self.primary_name or '_'} {self.file}:{self.line}>"
@@ -233,6 +238,7 @@ def _plan(build: Build, path: str) -> Plan:
         resources=[r for module in build.modules for r in module.resources(build)],
         build=build,
     )
+    build.plan = plan  # for handlers that report on the whole Plan (the api module's statistics)
     return plan
 
 
@@ -273,19 +279,60 @@ def _server(build: Build, level: Level) -> ServerPlan:
         for name in value:
             where.setdefault(name, (sd.file, sd.line))
     rewrite: list[Any] = []
+    server_rewriters: set[str] = set()
     for module in build.modules:
         try:
-            rewrite.extend(module.server_handlers(build, level).get(Phase.REWRITE, ()))
+            found = module.server_handlers(build, level).get(Phase.REWRITE, ())
         except ConfigError as e:
             build.errors.append(e)
+            continue
+        if found:
+            server_rewriters.add(module.name)
+            rewrite.extend(found)
     locations = LocationMatcher([loc for c in level.children if c.ctx is Ctx.LOCATION
                                  for loc in [_location(build, c)] if loc is not None])
     log = tuple(_log_handlers(build, level))
     plan = ServerPlan(tuple(names) or ("",), names[0] if names else "", listens, tuple(rewrite), locations,
-                      log, d.file, d.line)
+                      log, d.file, d.line, _unmatched(build, level, server_rewriters, log))
     plan._level = level  # type: ignore[attr-defined]
     plan._name_where = where  # type: ignore[attr-defined]
     return plan
+
+
+def _unmatched(build: Build, level: Level, server_rewriters: set[str], log: tuple[Any, ...]) -> LocationPlan | None:
+    """The handlers for requests of server ``level`` that match none of its locations.
+
+    NGINX serves such a request with the server level's configuration: its ``auth_jwt``
+    answers 401 before the 404, its ``root`` serves files. Rewrite handlers of modules that
+    already ran in the server-rewrite phase are left out (they would run twice).
+    """
+    d = level.directive
+    assert d is not None
+    by_phase: dict[Phase, list[Any]] = {}
+    known = {str(e) for e in build.errors}
+    for module in build.modules:
+        if module.name == "log":
+            continue
+        try:
+            handlers = module.handlers(build, level)
+        except ConfigError as e:
+            if str(e) not in known:  # inherited settings were reported at the locations already
+                build.errors.append(e)
+            return None
+        for phase, items in handlers.items():
+            if phase is Phase.REWRITE and module.name in server_rewriters:
+                continue
+            by_phase.setdefault(phase, []).extend(items)
+    content = by_phase.get(Phase.CONTENT, [])
+    return LocationPlan(
+        match=LocationMatch("", "", None),
+        access=tuple(h for phase in _ACCESS_PHASES for h in by_phase.get(phase, ())),
+        content=content[0] if len(content) == 1 else None,
+        log=log + tuple(by_phase.get(Phase.LOG, ())),
+        children=None,
+        file=d.file,
+        line=d.line,
+    )
 
 
 def _log_handlers(build: Build, level: Level) -> list[Any]:

@@ -2,7 +2,8 @@
 
 The :class:`Dispatcher` is what the HTTP layer calls for every request: pick the server on
 the Plan current when the request arrived, run its server-rewrite script (``set``,
-``return``), pick the location (or answer NGINX's auto-redirect 301), run the location's
+``return``), pick the location (or answer NGINX's auto-redirect 301; with no location, the server
+level's own handlers), run the location's
 access-type handlers in phase order (rewrite, preaccess, access, postaccess; the first that
 answers ends the request), then the content handler, then the log handlers. Errors become NGINX's status codes; nothing escapes as a traceback to the
 client.
@@ -55,15 +56,20 @@ class Dispatcher:
                     return
             found = server.locations.lookup(ctx.uri)
             if found is None:
-                await self._error(ctx, _NOT_FOUND)
-                return
-            loc, m, redirect = found
-            ctx.location = loc
-            if m is not None:
-                ctx.captures, ctx.capture_names = m.groups(), group_index(m)
-            if redirect:
-                redirect_to_location(ctx, loc.match.pattern)
-                return
+                # No location: the server level's own handlers (its auth_jwt, root), as NGINX.
+                loc = server.unmatched
+                if loc is None:
+                    await self._error(ctx, _NOT_FOUND)
+                    return
+                ctx.location = loc
+            else:
+                loc, m, redirect = found
+                ctx.location = loc
+                if m is not None:
+                    ctx.captures, ctx.capture_names = m.groups(), group_index(m)
+                if redirect:
+                    redirect_to_location(ctx, loc.match.pattern)
+                    return
             for handler in loc.access:
                 status = await handler(ctx)
                 if status is not None:
