@@ -198,3 +198,24 @@ def test_add_header_errors(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:
         plan_of(tmp_path, f"server {{ listen 127.0.0.1:1; {text} }}")
     assert info.value.errors[0].message == message
+
+
+def test_return_text_content_type_follows_default_type_and_extension(tmp_path):
+    """NGINX's return sets Content-Type as for a file: the URI's extension, else default_type
+    (inherited, or set after the return in the same block)."""
+    plan = plan_of(tmp_path, """
+        server {
+            listen 127.0.0.1:8080;
+            default_type application/json;
+            location /health { return 200 '{"ok":true}'; }
+            location = /health.txt { return 200 "ok"; }
+            location /plain { return 200 "plain"; default_type text/csv; }
+            location /both { set $x 1; return 200 "x=$x"; }
+        }
+        server { listen 127.0.0.1:8081; return 200 "bare"; }
+    """)
+    assert serve(plan, "/health").header("Content-Type") == "application/json"
+    assert serve(plan, "/health.txt").header("Content-Type") == "text/plain"
+    assert serve(plan, "/plain").header("Content-Type") == "text/csv"
+    assert serve(plan, "/both").header("Content-Type") == "application/json"
+    assert serve(plan, "/x", local=("127.0.0.1", 8081)).header("Content-Type") == "text/plain"

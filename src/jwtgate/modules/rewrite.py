@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from jwtgate.conf.spec import Ctx, DirectiveSpec, Inherit
+from jwtgate.http.mime import content_type_for
 from jwtgate.http.uri import escape_path
 from jwtgate.http.writer import error_body, valid_field_value
 from jwtgate.modules.base import DONE, Module, Phase
@@ -48,10 +49,13 @@ _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 
 @dataclass(frozen=True, slots=True)
 class ReturnSpec:
-    """A ``return``: status code and an optional complex value (text or redirect URL)."""
+    """A ``return``: status code, an optional complex value (text or redirect URL), and the
+    ``default_type`` in force where it is (the text's ``Content-Type`` when the URI's
+    extension names none, as NGINX's ``ngx_http_set_content_type``)."""
 
     code: int
     value: Any
+    default_type: str = "text/plain"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +142,12 @@ def _return_op(spec: ReturnSpec) -> Callable[[Any], int]:
             return DONE
         return plain
 
+    default_type = spec.default_type
+
     def text(ctx: Any) -> int:
         body = value(ctx).encode("utf-8", "surrogateescape")
-        ctx.responder.send(code, [], body, content_type=b"text/plain")
+        ctype = content_type_for(ctx.uri, default_type)
+        ctx.responder.send(code, [], body, content_type=ctype.encode("latin-1", "replace"))
         return DONE
     return text
 
@@ -241,7 +248,12 @@ class RewriteModule(Module):
         return op
 
     def _script(self, build: Any, level: Any) -> dict[Phase, list[Any]]:
-        script = make_script(build.shared[self.name].get(id(level), []))
+        ops = build.shared[self.name].get(id(level), [])
+        default_type = level.get("default_type")
+        if default_type:  # known only now: default_type may follow return, or be inherited
+            ops = [replace(op, default_type=default_type[0]) if isinstance(op, ReturnSpec) else op
+                   for op in ops]
+        script = make_script(ops)
         return {Phase.REWRITE: [script]} if script is not None else {}
 
     def handlers(self, build: Any, loc: Any) -> dict[Phase, list[Any]]:

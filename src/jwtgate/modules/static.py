@@ -45,6 +45,7 @@ from typing import Any
 from jwtgate.conf.spec import HSL, Ctx, DirectiveSpec, Inherit
 from jwtgate.conf.values import parse_flag
 from jwtgate.errors import HTTPError, UpstreamError
+from jwtgate.http.mime import MIME_TYPES, content_type_for
 from jwtgate.http.writer import error_body, valid_field_value
 from jwtgate.modules import core as _core
 from jwtgate.modules.base import Module, Phase
@@ -98,20 +99,6 @@ DIRECTIVES = (
                               "responses of the upstream are not intercepted "
                               "(`proxy_intercept_errors` is not supported)."),
 )
-
-#: Extensions and their MIME types: a small subset of NGINX's ``mime.types``.
-MIME_TYPES: dict[str, str] = {
-    "html": "text/html", "htm": "text/html", "shtml": "text/html",
-    "css": "text/css", "xml": "text/xml", "txt": "text/plain", "md": "text/markdown",
-    "csv": "text/csv", "js": "application/javascript", "mjs": "application/javascript",
-    "json": "application/json", "map": "application/json", "yaml": "application/yaml",
-    "yml": "application/yaml", "pdf": "application/pdf", "wasm": "application/wasm",
-    "zip": "application/zip", "gz": "application/gzip", "bin": "application/octet-stream",
-    "gif": "image/gif", "jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png",
-    "svg": "image/svg+xml", "svgz": "image/svg+xml", "ico": "image/x-icon", "webp": "image/webp",
-    "avif": "image/avif", "woff": "font/woff", "woff2": "font/woff2", "ttf": "font/ttf",
-    "otf": "font/otf", "mp4": "video/mp4", "webm": "video/webm", "mp3": "audio/mpeg",
-}
 
 #: Status codes ``error_page`` accepts (NGINX: 300 to 599, but not 499).
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
@@ -521,8 +508,7 @@ class StaticHandler:
         mtime = int(st.st_mtime)
         etag = f'"{mtime:x}-{size:x}"'
         last_modified = _http_date(mtime)
-        ext = uri.rsplit("/", 1)[-1].rpartition(".")
-        ctype = MIME_TYPES.get(ext[2].lower(), self.default_type) if ext[1] else self.default_type
+        ctype = content_type_for(uri, self.default_type)
         responder = ctx.responder
         plain = getattr(responder, "err_status", None) is None  # not the page of an error
         http = ctx.http
