@@ -122,6 +122,23 @@ def test_keepalive_timeout_closes_idle_connections(gateway, upstream):
     assert r.status == 200 and r.header("Connection") == "close"
 
 
+def test_keepalive_timeout_header_argument_sends_keep_alive(gateway, upstream):
+    """keepalive_timeout's second argument: "Keep-Alive: timeout=N" on kept-alive answers,
+    proxied or not; none on the answer that closes, none without the argument."""
+    gw = gateway(CONF.format(extra="keepalive_timeout 75s 60s; keepalive_requests 2;"))
+    c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    try:
+        r = request(gw.port, "GET", "/local", conn=c)
+        assert r.status == 200 and r.header("Keep-Alive") == "timeout=60"
+        r = request(gw.port, "GET", "/local", conn=c)  # the last one on this connection
+        assert r.header("Connection") == "close" and r.header("Keep-Alive") is None
+    finally:
+        c.close()
+    assert gw.get("/anything").header("Keep-Alive") == "timeout=60"
+    plain = gateway(CONF.format(extra="keepalive_timeout 75s;"))
+    assert plain.get("/local").header("Keep-Alive") is None
+
+
 def test_client_header_timeout(gateway, upstream):
     gw = gateway(CONF.format(extra="client_header_timeout 1s;"))
     with socket.create_connection(("127.0.0.1", gw.port)) as s:

@@ -17,6 +17,7 @@ from jwtgate.clock import SYSTEM_CLOCK, Clock
 from jwtgate.conf.compiler import Build, ConfigErrors, Level, compile_tree
 from jwtgate.conf.loader import load
 from jwtgate.conf.spec import Ctx
+from jwtgate.conf.values import parse_time
 from jwtgate.errors import ConfigError
 from jwtgate.http.server import HttpLimits
 from jwtgate.modules.base import Phase
@@ -255,6 +256,15 @@ def _limits(build: Build, server: ServerPlan) -> HttpLimits:
     ka = level.get("keepalive_timeout")
     if ka is not None:
         limits.keepalive_timeout = ka
+    lv = level
+    while lv is not None:  # the level whose keepalive_timeout is in force gives its header_timeout
+        own = lv.own("keepalive_timeout")
+        if own:
+            args = own[-1][1].args
+            if len(args) > 1:
+                limits.keepalive_header = int(parse_time(args[1]))  # checked by the core module
+            break
+        lv = lv.parent
     limits.keepalive_requests = level.get("keepalive_requests", limits.keepalive_requests)
     if limits.keepalive_timeout <= 0:
         limits.keepalive_requests = 1  # keepalive_timeout 0: every answer closes

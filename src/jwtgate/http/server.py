@@ -28,6 +28,10 @@ __all__ = ["HttpLimits", "HttpProtocol", "RequestBody", "Responder"]
 
 log = logging.getLogger("jwtgate.http")
 
+#: ``hook(protocol, opened)`` called when a client connection opens (True) and closes (False);
+#: set by the status module (jwtgate.modules.status) while statistics are on, else None.
+CONNECTION_HOOK: Callable[[Any, bool], None] | None = None
+
 #: Pause reading the client when this many body bytes wait unread; resume below the low mark.
 BODY_HIGH_WATER = 256 * 1024
 BODY_LOW_WATER = 64 * 1024
@@ -45,6 +49,8 @@ class HttpLimits:
         client_header_buffer_size: accepted for NGINX compatibility (1 KiB); heads are bounded
             by ``large_client_header_buffers``.
         keepalive_timeout: seconds an idle keep-alive connection stays open (75).
+        keepalive_header: ``Keep-Alive: timeout=N`` sent on kept-alive responses (the second
+            argument of ``keepalive_timeout``), seconds; ``None``: not sent.
         keepalive_requests: requests served on one connection before it is closed (1000).
         large_client_header_buffers: longest request line and header line, bytes (8 KiB).
         max_header_bytes: the whole head, bytes (32 KiB: NGINX's ``4 8k``).
@@ -54,7 +60,8 @@ class HttpLimits:
 
     __slots__ = ("client_header_timeout", "keepalive_timeout", "keepalive_requests",
                  "large_client_header_buffers", "max_header_bytes", "max_headers",
-                 "discard_body_limit", "client_body_timeout", "send_timeout", "client_header_buffer_size")
+                 "discard_body_limit", "client_body_timeout", "send_timeout", "client_header_buffer_size",
+                 "keepalive_header")
 
     def __init__(self) -> None:
         self.client_header_timeout = 60.0
@@ -63,6 +70,7 @@ class HttpLimits:
         self.client_header_buffer_size = 1024
         self.keepalive_timeout = 75.0
         self.keepalive_requests = 1000
+        self.keepalive_header: int | None = None
         self.large_client_header_buffers = 8 * 1024
         self.max_header_bytes = 32 * 1024
         self.max_headers = 100
@@ -236,8 +244,12 @@ class Responder:
             self.keep_alive = False
         if not self.keep_alive:
             parts.append(b"Connection: close\r\n")
-        elif ctx.version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
+        else:
+            if ctx.version == "1.0":
+                parts.append(b"Connection: keep-alive\r\n")
+            ka = getattr(self._proto, "keepalive_header", None)
+            if ka is not None:
+                parts.append(b"Keep-Alive: timeout=%d\r\n" % ka)
         parts.append(b"\r\n")
         head = b"".join(parts)
         ctx.bytes_sent += len(head)
@@ -428,6 +440,7 @@ class HttpProtocol(asyncio.Protocol):
         self._handler = handler
         self._plain_on_https = plain_on_https
         self._limits = limits
+        self.keepalive_header = limits.keepalive_header
         self._counter = counter
         self._https = https
         self._on_close = on_close
@@ -468,6 +481,8 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         self._counter[0] += 1
+        if CONNECTION_HOOK is not None:
+            CONNECTION_HOOK(self, True)
         self.conn = ConnectionInfo((str(peer[0]), int(peer[1]) if len(peer) > 1 else 0),
                                    (str(local[0]), int(local[1]) if len(local) > 1 else 0),
                                    self._counter[0], self._https)
@@ -489,6 +504,8 @@ class HttpProtocol(asyncio.Protocol):
             w.set_exception(ConnectionError("client closed"))
         if self.tunnel is not None:
             self.tunnel.close()
+        if CONNECTION_HOOK is not None:
+            CONNECTION_HOOK(self, False)
         if self._on_close is not None:
             self._on_close(self)
 

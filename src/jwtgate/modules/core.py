@@ -80,7 +80,8 @@ DIRECTIVES = (
     _spec("keepalive_timeout", HSL, 1, 2, "keepalive_timeout timeout [header_timeout];",
           "Idle keep-alive connections are closed after this time; 0 disables keep-alive.",
           default="75s", nginx_notes="The server's (or http) value applies to the address; "
-          "`header_timeout` (a `Keep-Alive: timeout=` field) is accepted and not sent."),
+          "`header_timeout` is sent as `Keep-Alive: timeout=N` on responses that keep the "
+          "connection open."),
     _spec("keepalive_requests", HSL, 1, 1, "keepalive_requests number;",
           "Requests served over one keep-alive connection; the last one is answered with "
           "`Connection: close`.", default="1000",
