@@ -766,7 +766,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         ctx, err, keep_alive = self._queue.popleft()
         self.active = True
-        self._task = asyncio.get_running_loop().create_task(self._run(ctx, err, keep_alive))
+        self._task = self._loop.create_task(self._run(ctx, err, keep_alive))
 
     async def _run(self, ctx: RequestContext | None, err: HTTPError | None, keep_alive: bool) -> None:
         limits = self._limits

@@ -649,7 +649,7 @@ class ProxyHandler:
                 responder.start(status, out, length, self.own_fields)
                 return responder
 
-            ex = Exchange(on_head, ctx.method == "HEAD", self.read_timeout)
+            ex = Exchange(on_head, ctx.method == "HEAD", self.read_timeout, conn.loop)
             conn.begin(ex)
             conn.write(head)
             peer.active += 1

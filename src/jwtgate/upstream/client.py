@@ -45,6 +45,8 @@ class Exchange:
         head_only: the request was ``HEAD``: the response has no body whatever it says.
         read_timeout: seconds allowed between two reads from the upstream
             (``proxy_read_timeout``).
+        loop: the running event loop (given by the caller: looking it up costs a ``getpid``
+            system call per request on Python 3.11).
 
     Attributes:
         done: resolves to ``None`` when the response is complete, or raises
@@ -59,11 +61,12 @@ class Exchange:
                  "received", "keep_alive", "sink", "complete", "length", "chunked", "last_read",
                  "abandoned", "upgrade_tail")
 
-    def __init__(self, on_head: HeadCallback, head_only: bool, read_timeout: float) -> None:
+    def __init__(self, on_head: HeadCallback, head_only: bool, read_timeout: float,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.on_head = on_head
         self.head_only = head_only
         self.read_timeout = read_timeout
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[None] = (loop or asyncio.get_running_loop()).create_future()
         #: the proxy gave up on this exchange (client gone, body failed): no one awaits ``done``
         self.abandoned = False
         #: after a 101, the bytes the upstream sent behind the head (the tunnel's first bytes)
@@ -104,6 +107,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.max_head = max_head
         self._head_bytes = 0
         self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
         self.closed = False
         self.requests = 0
         self.exchange: Exchange | None = None
@@ -167,7 +171,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange.last_read = time.monotonic()
         if self._timer is None:
             # Re-armed lazily by _check_timeout from last_read: no timer churn per request.
-            self._timer = asyncio.get_running_loop().call_later(exchange.read_timeout, self._check_timeout)
+            self._timer = self.loop.call_later(exchange.read_timeout, self._check_timeout)
 
     def end(self) -> None:
         """Detach the finished exchange (the connection may then go back to the pool)."""
@@ -226,7 +230,7 @@ class UpstreamConnection(asyncio.Protocol):
                 ex.fail(UpstreamError(504, "upstream timed out while reading response body"))
             self.abort()
             return
-        self._timer = asyncio.get_running_loop().call_later(ex.read_timeout - idle, self._check_timeout)
+        self._timer = self.loop.call_later(ex.read_timeout - idle, self._check_timeout)
 
     # -- httptools callbacks ------------------------------------------------------------
 
