@@ -147,6 +147,30 @@ def tamper_signature(token: str) -> str:
     return f"{head}.{payload}.{b64url(bytes(raw))}"
 
 
+
+def make_cert(subject: str, issuer_key, issuer_name, key, ca: bool, san: list[str] | None = None):
+    """An X.509 certificate for ``subject`` (common name) signed by ``issuer_key``, valid from
+    five minutes ago for one day; ``ca`` sets BasicConstraints, ``san`` the DNS names."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(issuer_name)
+               .public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in san]),
+                                        critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
 def now() -> int:
     return int(time.time())
 
@@ -343,6 +367,39 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+
+
+class SocketUpstream:
+    """A raw-socket upstream on 127.0.0.1 for tests that need byte-level control: a thread
+    accepts connections and runs :meth:`serve` for each in its own thread. Subclasses
+    implement ``serve(conn)``; ``port`` is the bound port; :meth:`close` stops accepting."""
+
+    backlog = 8
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(self.backlog)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        with c:
+            self.serve(c)
+
+    def serve(self, c: socket.socket) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
 
 class RecordingUpstream:
     """A real HTTP/1.1 server on 127.0.0.1 that records every request it receives."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import socket
 import threading
 
+from jwtgate_e2e import SocketUpstream
+
 GiB = 1 << 30
 CHUNK = b"\xa5" * (256 * 1024)
 
@@ -21,52 +23,38 @@ def vm(pid: int, field: str) -> int:
     raise AssertionError(f"{field} not found")
 
 
-class StreamingUpstream:
+class StreamingUpstream(SocketUpstream):
     """Reads a request body to the end without keeping it, then streams N bytes back."""
 
+    backlog = 4
+
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
         self.received = 0
-        threading.Thread(target=self._run, daemon=True).start()
+        super().__init__()
 
-    def _run(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
+    def serve(self, c: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += c.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        fields = {k.lower(): v for k, v in (ln.split(b": ", 1) for ln in lines[1:])}
+        remaining = int(fields.get(b"content-length", b"0")) - len(rest)
+        got = len(rest)
+        while remaining > 0:
+            n = len(c.recv(min(remaining, 1 << 20)))
+            if n == 0:
                 return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c: socket.socket) -> None:
-        with c:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += c.recv(65536)
-            head, _, rest = data.partition(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            fields = {k.lower(): v for k, v in (ln.split(b": ", 1) for ln in lines[1:])}
-            remaining = int(fields.get(b"content-length", b"0")) - len(rest)
-            got = len(rest)
-            while remaining > 0:
-                n = len(c.recv(min(remaining, 1 << 20)))
-                if n == 0:
-                    return
-                remaining -= n
-                got += n
-            self.received = got
-            size = int(lines[0].split(b"size=")[1].split()[0]) if b"size=" in lines[0] else 0
-            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
-            sent = 0
-            while sent < size:
-                piece = CHUNK[: size - sent]
-                c.sendall(piece)
-                sent += len(piece)
-
-    def close(self) -> None:
-        self.sock.close()
+            remaining -= n
+            got += n
+        self.received = got
+        size = int(lines[0].split(b"size=")[1].split()[0]) if b"size=" in lines[0] else 0
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
+        sent = 0
+        while sent < size:
+            piece = CHUNK[: size - sent]
+            c.sendall(piece)
+            sent += len(piece)
 
 
 def test_one_gib_each_way_with_flat_memory(gateway):

@@ -3,36 +3,20 @@ handshake failures, configuration errors, and TLS with several worker processes.
 
 from __future__ import annotations
 
-import datetime
 import socket
 import ssl
 import time
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from jwtgate_e2e import POST_TOKEN, curl
+from jwtgate_e2e import POST_TOKEN, curl, make_cert
 
 NAMES = ("api.example.test", "admin.example.test")
 
-
-def _cert(subject, issuer_key, issuer_name, key, ca, san=None):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-               .issuer_name(issuer_name)
-               .public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in san]),
-                                        critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 @pytest.fixture
@@ -40,11 +24,11 @@ def pki(tmp_path):
     """A CA (ca.pem) and, for each of NAMES, NAME.pem / NAME.key signed by it."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    (tmp_path / "ca.pem").write_bytes(_cert("test CA", ca_key, ca_name, ca_key, True)
+    (tmp_path / "ca.pem").write_bytes(make_cert("test CA", ca_key, ca_name, ca_key, True)
                                       .public_bytes(serialization.Encoding.PEM))
     for name in NAMES:
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _cert(name, ca_key, ca_name, key, False, [name])
+        cert = make_cert(name, ca_key, ca_name, key, False, [name])
         (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         (tmp_path / f"{name}.key").write_bytes(key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))

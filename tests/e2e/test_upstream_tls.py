@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import datetime
 import http.server
 import ssl
 import threading
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from jwtgate_e2e import request
+from jwtgate_e2e import make_cert, request
 
-
-def _cert(subject: str, issuer_key, issuer_name, key, ca: bool, san: list[str] | None = None):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-               .issuer_name(issuer_name)
-               .public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in san]),
-                                        critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 @pytest.fixture
@@ -39,11 +23,11 @@ def pki(tmp_path):
     for label in ("ca", "other"):
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{label} CA")])
-        cert = _cert(f"{label} CA", key, name, key, ca=True)
+        cert = make_cert(f"{label} CA", key, name, key, ca=True)
         (tmp_path / f"{label}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         out[label] = (key, name)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _cert("api.internal", out["ca"][0], out["ca"][1], key, ca=False, san=["api.internal"])
+    cert = make_cert("api.internal", out["ca"][0], out["ca"][1], key, ca=False, san=["api.internal"])
     (tmp_path / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "server.key").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))

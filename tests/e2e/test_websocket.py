@@ -6,59 +6,42 @@ import base64
 import hashlib
 import os
 import socket
-import threading
 
-from jwtgate_e2e import POST_TOKEN
+from jwtgate_e2e import POST_TOKEN, SocketUpstream
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-class EchoWebSocketServer:
+class EchoWebSocketServer(SocketUpstream):
     """A minimal RFC 6455 server: completes the handshake, then echoes raw bytes back."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
         self.heads: list[bytes] = []
-        threading.Thread(target=self._run, daemon=True).start()
+        super().__init__()
 
-    def _run(self) -> None:
+    def serve(self, c: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        self.heads.append(head)
+        fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+        if fields.get(b"Upgrade", b"").lower() != b"websocket":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+            return
+        accept = base64.b64encode(hashlib.sha1(fields[b"Sec-WebSocket-Key"] + GUID).digest())
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\nhello")
+        if rest:
+            c.sendall(rest)
         while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
+            chunk = c.recv(65536)
+            if not chunk:
                 return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c: socket.socket) -> None:
-        with c:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = c.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, rest = data.partition(b"\r\n\r\n")
-            self.heads.append(head)
-            fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
-            if fields.get(b"Upgrade", b"").lower() != b"websocket":
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
-                return
-            accept = base64.b64encode(hashlib.sha1(fields[b"Sec-WebSocket-Key"] + GUID).digest())
-            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\nhello")
-            if rest:
-                c.sendall(rest)
-            while True:
-                chunk = c.recv(65536)
-                if not chunk:
-                    return
-                c.sendall(chunk)
-
-    def close(self) -> None:
-        self.sock.close()
+            c.sendall(chunk)
 
 
 CONF = """
