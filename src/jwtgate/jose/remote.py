@@ -107,6 +107,8 @@ class RemoteKeySource:
         self.keys: KeySet | None = None
         self.generation = 0
         self.fetches = 0
+        #: failed fetch attempts (statistics)
+        self.failures = 0
         self.fetched_at: float | None = None
         self.last_attempt: float | None = None
         self.last_error: str | None = None
@@ -287,6 +289,7 @@ class RemoteKeySource:
 
     def _failed(self, reason: str) -> None:
         self.last_error = reason
+        self.failures += 1
         if self.keys is None:
             log.error("%s: cannot load keys: %s", self.name, reason)
         elif self.fresh():

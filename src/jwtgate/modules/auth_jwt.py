@@ -385,6 +385,7 @@ class AuthJwtHandler:
     async def __call__(self, ctx: Any) -> int | None:
         token = self.extract(ctx)
         if not token:
+            _outcome(ctx, "missing")
             self._challenge(ctx, None)
             return 401
         verifier = self.verifier
@@ -396,11 +397,13 @@ class AuthJwtHandler:
                 verifier = pool.verifier_for(tuple(f.resolve(ctx) for f in self.files))
             except KeySourceError as e:
                 log.error("JWT keys cannot be loaded: %s, client: %s", e, ctx.conn.remote_addr)
+                _outcome(ctx, "key_unavailable")
                 return 500
         try:
             ctx.jwt = verifier.verify(token)
         except TokenError as e:
             log.info('JWT rejected (%s): %s, client: %s', e.code, e.detail, ctx.conn.remote_addr)
+            _outcome(ctx, e.code)
             self._challenge(ctx, e.bearer_error)
             return 401
         for rule in self.requires:
@@ -409,10 +412,21 @@ class AuthJwtHandler:
                 if not v or v == "0":
                     log.info('JWT refused by "auth_jwt_require %s", client: %s',
                              value.source, ctx.conn.remote_addr)
+                    _outcome(ctx, value)  # the status module tells "revoked" from "require_failed"
                     if rule.code == 401:
                         self._challenge(ctx, "invalid_token")
                     return rule.code
         return None
+
+
+def _outcome(ctx: Any, reason: Any) -> None:
+    """Record why ``auth_jwt`` refused the request in ``ctx.extra["auth_jwt"]`` (a TokenError
+    code, ``"missing"``, ``"key_unavailable"`` or the failing ``auth_jwt_require`` value), for
+    the statistics (:mod:`jwtgate.modules.status`); refusals only, the success path pays nothing."""
+    extra = ctx.extra
+    if extra is None:
+        extra = ctx.extra = {}
+    extra["auth_jwt"] = reason
 
 
 def _jwt_var(part: str, path: tuple[str, ...]) -> Any:

@@ -384,6 +384,7 @@ class LimitReqHandler:
             log.log(self.limit_level, 'limiting requests%s, excess: %d.%03d by zone "%s", client: %s, server: %s',
                     ", dry run" if self.dry_run else "", e // 1000, e % 1000, line.name,
                     ctx.conn.remote_addr, _server(ctx))
+            _decided_by(ctx, line.name)
             return self._set(ctx, "REJECTED_DRY_RUN" if self.dry_run else "REJECTED")
         # NGINX's max delay: the last limit first, an earlier one only if it waits longer
         wait = 0
@@ -400,6 +401,7 @@ class LimitReqHandler:
         log.log(self.delay_level, 'delaying request%s, excess: %d.%03d, by zone "%s", client: %s, server: %s',
                 ", dry run" if self.dry_run else "", e // 1000, e % 1000, active[slowest].name,
                 ctx.conn.remote_addr, _server(ctx))
+        _decided_by(ctx, active[slowest].name)
         if self.dry_run:
             self._set(ctx, "DELAYED_DRY_RUN")
             return None
@@ -446,6 +448,15 @@ class LimitReqHandler:
             for i, e in zip(mem, commit(entries, self.now())):
                 excess[i] = e
         return -1, excess
+
+
+def _decided_by(ctx: Any, zone: str) -> None:
+    """Record which zone delayed or rejected the request (``ctx.extra["limit_req_zone"]``), for
+    the per-zone statistics (:mod:`jwtgate.modules.status`); not on the passing path."""
+    extra = ctx.extra
+    if extra is None:
+        extra = ctx.extra = {}
+    extra["limit_req_zone"] = zone
 
 
 def _server(ctx: Any) -> str:

@@ -25,6 +25,7 @@ import time
 from jwtgate.conf.plan import Plan, compile_plan
 from jwtgate.errors import ConfigError
 from jwtgate.observability.errorlog import setup_error_log
+from jwtgate.observability.metrics import mark_process_dead
 
 __all__ = ["run_gateway", "run_master", "worker_count"]
 
@@ -151,6 +152,7 @@ class _Master:
             if pid == 0:
                 return True
             self.retiring.discard(pid)
+            mark_process_dead(pid)  # its live gauges leave the metrics sums
             if pid in self.current:
                 self.current.discard(pid)
                 if self.stopping:
@@ -180,6 +182,7 @@ class _Master:
                     break
                 self.current.discard(pid)
                 self.retiring.discard(pid)
+                mark_process_dead(pid)
 
 
 def run_master(path: str, plan: Plan, workers: int) -> int:

@@ -51,6 +51,9 @@ class Peer:
     fails: int = field(default=0, repr=False)
     checked: float = field(default=0.0, repr=False)
     accessed: float = field(default=0.0, repr=False)
+    #: failed attempts ever, and times ``max_fails`` was reached (statistics; never reset)
+    total_fails: int = field(default=0, repr=False)
+    unavail: int = field(default=0, repr=False)
 
     @property
     def address(self) -> str:
@@ -202,6 +205,9 @@ class Balancer:
         """Report a failed attempt on ``peer`` (connect error, timeout, invalid response)."""
         now = self.clock.monotonic()
         peer.fails += 1
+        peer.total_fails += 1
+        if peer.fails == peer.max_fails:
+            peer.unavail += 1
         peer.accessed = now
         peer.checked = now
 
