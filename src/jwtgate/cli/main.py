@@ -14,6 +14,7 @@ import click
 from jwtgate import __version__
 from jwtgate.cli.explain import explain
 from jwtgate.cli.jwk import jwk
+from jwtgate.cli.revoke import revoke, unrevoke
 from jwtgate.cli.token import token
 from jwtgate.errors import ConfigError
 
@@ -175,6 +176,8 @@ def check(conf: str, dump: bool) -> None:
 cli.add_command(jwk)
 cli.add_command(token)
 cli.add_command(explain)
+cli.add_command(revoke)
+cli.add_command(unrevoke)
 
 
 def main() -> None:
