@@ -37,6 +37,23 @@ def test_backup_only_when_primaries_down():
     assert b.pick().name == "b0"
 
 
+def test_single_server_is_never_unavailable():
+    """NGINX: with one server in a group, max_fails and fail_timeout are ignored."""
+    clock = ManualClock()
+    (only,) = ps = peers(1)
+    b = Balancer(ps, clock)
+    for _ in range(5):
+        b.failed(only)
+    assert only.available(clock.monotonic())
+    assert (only.fails, only.total_fails, only.unavail) == (0, 0, 0)
+    assert b.pick() is only
+    # with a backup the primary is not "single": failures count as usual
+    ps = peers(1, backup=(1,))
+    b = Balancer(ps, clock)
+    b.failed(ps[0])
+    assert not ps[0].available(clock.monotonic()) and ps[0].unavail == 1
+
+
 def test_all_down_resets_and_tries_again():
     clock = ManualClock()
     ps = peers(1, 1)

@@ -83,6 +83,9 @@ class Balancer:
         self.backup = [p for p in peers if p.backup]
         self.clock = clock
         self.method = method
+        #: one server and no backup: NGINX never marks it unavailable (max_fails and
+        #: fail_timeout are ignored, "such a server will never be considered unavailable")
+        self.single = len(self.primary) == 1 and not self.backup
         self._total_weight = sum(p.weight for p in self.primary)
         self._ring: list[tuple[int, Peer]] = []
         if method == "hash_consistent":
@@ -202,7 +205,11 @@ class Balancer:
         return best
 
     def failed(self, peer: Peer) -> None:
-        """Report a failed attempt on ``peer`` (connect error, timeout, invalid response)."""
+        """Report a failed attempt on ``peer`` (connect error, timeout, invalid response).
+
+        Ignored for a group's only server (:attr:`single`), as NGINX does."""
+        if self.single:
+            return
         now = self.clock.monotonic()
         peer.fails += 1
         peer.total_fails += 1
