@@ -143,3 +143,65 @@ http {{
     state.write_text(_json.dumps({"ex-1": {"value": "1", "expire": int(time.time() * 1000) + 60000}}))
     p = jwtgate("explain", "-c", conf, "--token", t, "GET", "http://127.0.0.1:9/x")
     assert p.returncode == 1 and 'auth_jwt_require $valid_jti is "0"' in p.stdout, p.stdout + p.stderr
+
+
+def test_odd_until_and_api_values_are_usage_errors_not_internal_errors():
+    """``--until`` digits other than ASCII (``str.isdigit`` accepts "²" and Arabic-Indic digits)
+    and an ``--api`` URL that ``urlsplit`` rejects were "internal error (ValueError)" or taken
+    as a time; they are one-line input errors, and nothing is sent."""
+    for until in ("\u00b2", "\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669\u0660"):
+        err = fails("revoke", "--api", f"http://127.0.0.1:{free_port()}/api", "--jti", "x", "--until", until)
+        assert "invalid --until" in err and "internal error" not in err
+    for api in ("http://[::1", "http://127.0.0.1:notaport/api", "http://127.0.0.1:99999/api"):
+        err = fails("revoke", "--api", api, "--jti", "x")
+        assert "--api must be" in err and "internal error" not in err, err
+        err = fails("unrevoke", "--api", api, "--jti", "x")
+        assert "--api must be" in err, err
+
+
+def test_a_redirect_is_not_followed_and_the_header_stays_home():
+    """A 302 from the API URL was followed by urllib, which replayed ``-H 'Authorization: ...'``
+    to the redirect's host (and turned the POST into a GET): the admin token went elsewhere."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[str | None] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_PATCH = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    other = HTTPServer(("127.0.0.1", 0), Elsewhere)
+    target = f"http://127.0.0.1:{other.server_address[1]}/steal"
+
+    class Redirector(Elsewhere):
+        def do_POST(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_PATCH = do_GET = do_POST  # noqa: N815
+
+    api = HTTPServer(("127.0.0.1", 0), Redirector)
+    for server in (other, api):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{api.server_address[1]}/api"
+        err = fails("revoke", "--api", url, "--jti", "x", "-H", "Authorization: Bearer ADMIN-SECRET")
+        assert "302" in err and "redirect" in err and "ADMIN-SECRET" not in err
+        err = fails("unrevoke", "--api", url, "--jti", "x", "-H", "Authorization: Bearer ADMIN-SECRET")
+        assert "302" in err
+        assert seen == []
+    finally:
+        for server in (other, api):
+            server.shutdown()
+            server.server_close()

@@ -401,6 +401,7 @@ class SocketUpstream:
     def close(self) -> None:
         self.sock.close()
 
+
 class RecordingUpstream:
     """A real HTTP/1.1 server on 127.0.0.1 that records every request it receives."""
 

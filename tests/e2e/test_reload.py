@@ -59,3 +59,15 @@ def test_ten_reloads_under_load_one_broken(gateway, upstream, tmp_path):
                upstream.last.values("X-Generation") == ["10"], timeout=5, what="generation 10 in force")
     # the refused reload is logged, with the error located in the file
     assert 'unknown directive "proxy_passs"' in gw.stderr_text()
+
+
+def test_reload_to_more_workers_in_a_single_process_gateway_warns(gateway, upstream):
+    """Only a master forks workers: a gateway started as one process says the new
+    worker_processes waits for a restart, and goes on serving the new configuration."""
+    gw = gateway(CONF.format(port="{port}", up="{upstream_port}", gen="1"))
+    text = gw.conf_path.read_text()
+    gw.conf_path.write_text("worker_processes 2;\n" + text.replace('"1"', '"2"'))
+    gw.send_signal(signal.SIGHUP)
+    wait_until(lambda: "takes effect at the next start" in gw.stderr_text(), what="the warning")
+    assert request(gw.port, "GET", "/x").status == 200
+    assert upstream.last.values("X-Generation") == ["2"]

@@ -123,6 +123,47 @@ def test_two_processes_share_through_the_file(tmp_path):
     b.close()
 
 
+def test_a_write_whose_file_could_not_be_read_back_is_refused(tmp_path, monkeypatch):
+    """A zone may be configured up to 1g, and JSON writes a control character of a key as six
+    bytes, but a reader takes a file over MAX_FILE_BYTES for corrupt. Such a write was
+    accepted: the other workers kept a stale copy, a restart started the zone empty, and the
+    next write "overwrote the corrupt file", dropping every revocation. It is refused with 507
+    instead, and nothing is lost."""
+    import jwtgate.state.keyval as kv
+
+    monkeypatch.setattr(kv, "MAX_FILE_BYTES", 4096)
+    runtime = tmp_path / "rt"
+    (runtime / "keyval").mkdir(parents=True)
+    state = str(tmp_path / "revoked.json")
+    a = ZoneStore("z", 1 << 20, state=state, runtime=str(runtime))
+    b = ZoneStore("z", 1 << 20, state=state, runtime=str(runtime))
+    a.open()
+    b.open()
+    a.change(("post", {"keep": ("1", None)}))
+    refused = 0
+    for i in range(40):
+        try:
+            a.change(("post", {f"k{i}" + "\x00" * 100: ("1", None)}))  # ~600 bytes in the file each
+        except KeyvalError as e:
+            assert (e.status, e.code) == (507, "KeyvalZoneFull")
+            refused += 1
+    assert refused, "the file limit was never reached"
+    assert os.path.getsize(state) <= 4096
+    assert b.lookup("keep") == "1" and b.lookup("k0" + "\x00" * 100) == "1"  # b reads the file
+    a.change(("post", {"new": ("1", None)}))
+    assert b.lookup("keep") == "1" and b.lookup("new") == "1"  # nothing dropped
+    a.close()
+    b.close()
+    restarted = ZoneStore("z", 1 << 20, state=state, runtime=str(runtime))
+    restarted.open()
+    assert restarted.lookup("keep") == "1" and restarted.count() == len(a.items())
+    restarted.close()
+    alone = ZoneStore("y", 1 << 20, state=str(tmp_path / "alone.json"))  # one process, no runtime
+    with pytest.raises(KeyvalError):
+        alone.change(("post", {"x" * 1000: ("v" * 4000, None)}))
+    assert not os.path.exists(tmp_path / "alone.json")
+
+
 def test_state_file_is_written_atomically_and_read_back(tmp_path):
     state = tmp_path / "one.keyval"
     s = ZoneStore("one", 1 << 20, state=str(state))

@@ -294,6 +294,46 @@ def test_multiprocess_sums_over_forked_processes(tmp_path):
     assert got["top_after"][0] == {"sub": "alice", "requests": 7}
 
 
+RETIRE = textwrap.dedent("""
+    import os, sys, json
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+    from jwtgate.observability import metrics
+    for n in range(60):  # sixty workers retired by reloads, each with its own clients
+        pid = os.fork()
+        if pid == 0:
+            metrics.get_metrics()
+            for _ in range(3):
+                metrics.count_sub("alice")
+            for i in range(10):
+                metrics.count_sub(f"w{n}-c{i}")
+            metrics.write_top_snapshot()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        metrics.mark_process_dead(pid)  # what the master does when it reaps a worker
+    names = sorted(n for n in os.listdir(sys.argv[1]) if n.startswith("topsubs_"))
+    with open(os.path.join(sys.argv[1], "topsubs_retired.json")) as f:
+        retired = json.load(f)
+    print(json.dumps({"files": names, "top": metrics.top_subs(), "retired": len(retired)}))
+""")
+
+
+def test_dead_workers_snapshots_are_folded_not_kept_one_file_each(tmp_path):
+    """Every reload left one top-talker snapshot per worker, and ``/api/9/jwtgate`` (polled
+    every second by the dashboard) read and parsed all of them in the worker's event loop: with
+    2,000 retired workers one call took a second. The master folds a dead worker's snapshot
+    into one retired file of at most TOP_CAPACITY clients; the top counts are unchanged."""
+    d = tmp_path / "metrics"
+    d.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    out = subprocess.run([sys.executable, "-c", RETIRE, str(d)], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["files"] == ["topsubs_retired.json"]
+    assert got["retired"] == metrics.TOP_CAPACITY
+    assert got["top"][0] == {"sub": "alice", "requests": 180}
+
+
 def sample(name: str, **labels: str) -> float:
     return sum(v for lab, v in metrics.collect_samples().get(name, [])
                if all(lab.get(k) == want for k, want in labels.items()))
@@ -318,7 +358,8 @@ def test_collector_copies_key_sources_and_peer_health():
     name = f'auth_jwt_key_request "/{zone()}"'
     remote = RemoteKeySource(name, fetch)
     peer = Peer("127.0.0.1", 9, "127.0.0.1:9", max_fails=1)
-    group = SimpleNamespace(name=zone(), balancer=Balancer([peer]), pool=ConnectionPool())
+    backup = Peer("127.0.0.1", 10, "127.0.0.1:10", backup=True)  # a lone server never goes unavailable
+    group = SimpleNamespace(name=zone(), balancer=Balancer([peer, backup]), pool=ConnectionPool())
     build = SimpleNamespace(shared={"auth_jwt": {"verifiers": {}, "keysets": {}, "remotes": {"r": remote}},
                                     "proxy": {"groups": {"g": group}}})
     collector = metrics.Collector(build)
@@ -326,7 +367,7 @@ def test_collector_copies_key_sources_and_peer_health():
     collector.sync(force=True)
     assert sample("jwtgate_auth_jwt_keys_fetch_failures_total", source=name) == 1
     assert sample("jwtgate_auth_jwt_keys", source=name) == 0
-    assert sample("jwtgate_upstream_peer_up", upstream=group.name) == 1
+    assert sample("jwtgate_upstream_peer_up", upstream=group.name, peer=peer.address) == 1
     assert asyncio.run(remote.refresh_now()) is True
     group.balancer.failed(peer)
     collector.sync(force=True)
@@ -334,8 +375,8 @@ def test_collector_copies_key_sources_and_peer_health():
     assert sample("jwtgate_auth_jwt_keys", source=name) == 1
     assert sample("jwtgate_auth_jwt_keys_fetch_failures_total", source=name) == 1
     assert abs(sample("jwtgate_auth_jwt_keys_last_refresh_timestamp_seconds", source=name) - time.time()) < 5
-    assert sample("jwtgate_upstream_peer_up", upstream=group.name) == 0
-    assert sample("jwtgate_upstream_peer_fails_total", upstream=group.name) == 1
-    assert sample("jwtgate_upstream_peer_unavailable_total", upstream=group.name) == 1
+    assert sample("jwtgate_upstream_peer_up", upstream=group.name, peer=peer.address) == 0
+    assert sample("jwtgate_upstream_peer_fails_total", upstream=group.name, peer=peer.address) == 1
+    assert sample("jwtgate_upstream_peer_unavailable_total", upstream=group.name, peer=peer.address) == 1
     peer_obj = stats._upstream(stats._Samples(), group)["peers"][0]
     assert peer_obj["state"] == "unavail" and peer_obj["fails"] == 1 and peer_obj["unavail"] == 1

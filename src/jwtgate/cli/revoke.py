@@ -54,8 +54,12 @@ Zones: --jti uses "revoked", --sub uses "revoked_sub" unless --zone is given.
 
 
 def _zone_url(api: str, zone: str) -> str:
-    parts = urlsplit(api)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(api)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:  # "http://[::1" (an unclosed IPv6 address), "http://h:x/api"
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         fail(f'--api must be an http:// or https:// URL, not "{api[:200]}"')
     base = api.rstrip("/")
     last = base.rsplit("/", 1)[-1]
@@ -75,11 +79,23 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are answers, not followed: urllib would replay the request's headers (an
+    ``Authorization`` given with ``-H``) to wherever the ``Location`` points, and turn a
+    ``POST`` into a ``GET``. The NGINX Plus API never redirects."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def _call(method: str, url: str, body: Any, headers: dict[str, str]) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as r:  # noqa: S310 - the operator's URL
+        with _OPENER.open(req, timeout=TIMEOUT) as r:  # noqa: S310 - the operator's URL
             return r.status, r.read(MAX_ANSWER)
     except urllib.error.HTTPError as e:
         try:
@@ -108,6 +124,8 @@ def _explain(status: int, answer: bytes) -> str:
             text += hint
     if status in (401, 403) and "error" not in text:
         text += " (the api location refused the request; see --header)"
+    if 300 <= status < 400:
+        text += " (a redirect, not followed: give the api location itself as --api)"
     return text[:500]
 
 
@@ -124,7 +142,7 @@ def _expire_ms(until: str | None, duration: str | None) -> int | None:
         return int(seconds * 1000)
     if until is None:
         return None
-    if until.isdigit():
+    if until.isascii() and until.isdigit():  # str.isdigit() is also true of "²" and "١٢٣"
         stamp = float(until)
     else:
         try:

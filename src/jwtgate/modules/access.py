@@ -114,9 +114,12 @@ class AccessHandler:
             result = self.decide(addr)
             self._cache_addr, self._cache_result = addr, result
         if result is not None:
-            log.error('access forbidden by rule, client: %s, server: %s, request: "%s %s"',
+            # The request line as sent (NGINX logs r->request_line), never the decoded $uri:
+            # "%0d%0a" in it would write forged lines into the error log. No query string: it
+            # may hold a token (auth_jwt token=$arg_...).
+            log.error('access forbidden by rule, client: %s, server: %s, request: "%s %s HTTP/%s"',
                       addr, (ctx.server.primary_name or "_") if ctx.server is not None else "_",
-                      ctx.method, ctx.uri[:256])
+                      ctx.method, ctx.target.partition("?")[0][:256], ctx.version)
         return result
 
 

@@ -31,7 +31,7 @@ import json
 import logging
 import os
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import unquote
 
 from jwtgate.conf.spec import Ctx, DirectiveSpec, Inherit
 from jwtgate.conf.values import parse_flag
@@ -146,7 +146,7 @@ class ApiHandler:
         if not (version.isdigit() and len(version) <= 2 and int(version) in VERSIONS):
             raise ApiError(404, "UnknownVersion", "unknown version")
         rest = tuple(parts[1:])
-        query = parse_qs(ctx.args, keep_blank_values=True) if ctx.args else {}
+        query = _query(ctx.args) if ctx.args else {}
         if method in _WRITES and not self.write:
             raise ApiError(405, "MethodDisabled", "method disabled")
         if rest[:2] == ("http", "keyvals"):
@@ -307,6 +307,18 @@ def _parse_change(raw: bytes, zone: KeyvalZone, post: bool) -> Any:
                 raise ApiError(400, "KeyvalFormatError", f"value is longer than {MAX_VALUE_BYTES} bytes")
         items[key] = (value, expire)
     return ("post" if post else "patch", items)
+
+
+def _query(args: str) -> dict[str, list[str]]:
+    """The query arguments, percent-decoded as NGINX decodes them: a ``+`` stays a ``+``
+    (``parse_qs`` made it a space, so ``?key=`` could not find a base64 ``jti`` such as
+    ``ab+cd==`` that the zone holds)."""
+    out: dict[str, list[str]] = {}
+    for part in args.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            out.setdefault(unquote(name), []).append(unquote(value))
+    return out
 
 
 def _no_constant(name: str) -> Any:

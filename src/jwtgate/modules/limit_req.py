@@ -60,9 +60,10 @@ DIRECTIVES = (
           "A zone of leaky-bucket states keyed by `key` (a request whose key is empty is not "
           "limited); `rate` in requests per second (`10r/s`) or minute (`30r/m`). A zone holds "
           "about 16,000 keys per megabyte and forgets the least recently used when full. "
-          "Without `sync` the state is in the memory of each worker process and survives "
-          "reloads; with `sync` it is in the `state_redis` server, shared by every process and "
-          "every gateway that uses it.",
+          "Without `sync` the state is in the memory of each worker process: a single-process "
+          "gateway keeps it across reloads, but under a master (`worker_processes` above 1) a "
+          "reload starts new workers with empty zones; with `sync` it is in the `state_redis` "
+          "server, shared by every process and every gateway that uses it, and survives both.",
           inherit=Inherit.NONE,
           nginx_notes="`sync` keeps the zone in Redis (`state_redis`) rather than in NGINX Plus's "
                       "`zone_sync`. A zone whose key changes across a reload starts empty (NGINX "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jwtgate.conf.spec import HSL, Ctx, DirectiveSpec, Inherit
-from jwtgate.conf.values import parse_flag, parse_time
+from jwtgate.conf.values import parse_flag, parse_size, parse_time
 from jwtgate.errors import UpstreamError
 from jwtgate.http.uri import escape_path
 from jwtgate.http.writer import chunk, valid_field_name, valid_field_value
@@ -51,6 +51,11 @@ DIRECTIVES = (
           "How long an idle upstream connection is kept.", default="60s"),
     _spec("keepalive_requests", U, 1, 1, "keepalive_requests number;",
           "Requests sent over one upstream connection before it is closed.", default="1000"),
+    _spec("zone", U, 1, 2, "zone name [size];",
+          "Names the group's shared state, as NGINX's `zone`: the name the NGINX Plus API "
+          "(`/http/upstreams`) reports as the group's `zone`.",
+          nginx_notes="Accepted so NGINX Plus configurations load; the size is checked and not "
+                      "used (each worker keeps its own peer state)."),
     _spec("least_conn", U, 0, 0, "least_conn;",
           "Balances to the server with the fewest active connections (per unit of weight)."),
     _spec("ip_hash", U, 0, 0, "ip_hash;",
@@ -135,12 +140,14 @@ class UpstreamGroup:
         name: the group name, which is also ``$proxy_host``.
         balancer: the :class:`Balancer` over its peers.
         pool: its keep-alive :class:`ConnectionPool`.
+        zone: the ``zone`` name the NGINX Plus API reports (the group name without one).
     """
 
     name: str
     balancer: Balancer
     pool: ConnectionPool
     hash_key: Any = None
+    zone: str = ""
 
     def balance_key(self, ctx: Any) -> str:
         """The key the balancer hashes: the ``hash`` value, or the client address."""
@@ -412,6 +419,7 @@ class ProxyModule(Module):
         peers: list[Peer] = []
         max_idle, idle_timeout, max_requests = 32, 60.0, 1000
         method, hash_key = "round_robin", None
+        zone: str | None = None
         for inner in d.block or ():
             try:
                 if inner.name in ("least_conn", "ip_hash", "hash"):
@@ -432,6 +440,15 @@ class ProxyModule(Module):
                     max_idle = int(inner.args[0])
                 elif inner.name == "keepalive_timeout":
                     idle_timeout = parse_time(inner.args[0])
+                elif inner.name == "zone":
+                    if zone is not None:
+                        raise build.error('"zone" directive is duplicate', inner)
+                    zone = inner.args[0]
+                    if len(inner.args) == 2:
+                        try:
+                            parse_size(inner.args[1])
+                        except ValueError:
+                            raise build.error(f'invalid zone size "{inner.args[1]}"', inner) from None
                 elif inner.name == "keepalive_requests":
                     if not inner.args[0].isdigit():
                         raise ValueError
@@ -444,6 +461,7 @@ class ProxyModule(Module):
             raise build.error(f'"backup" parameter cannot be used with "{method.split("_")[0]}"', d)
         group = UpstreamGroup(name, Balancer(peers, build.clock, method),
                               ConnectionPool(max_idle, idle_timeout, max_requests), hash_key)
+        group.zone = zone or name
         groups[name.lower()] = group
         return group
 
@@ -711,6 +729,12 @@ class ProxyHandler:
     def _failed(self, ctx: Any, peer: Peer, e: UpstreamError) -> None:
         log.error("%s, upstream: %s", e.reason, peer.address)
         self.group.balancer.failed(peer)
+        # Which attempts got no response (their $upstream_status is the gateway's own 502/504):
+        # the statistics count them as requests to the peer, not as its responses.
+        if ctx.extra is None:
+            ctx.extra = {}
+        ctx.extra.setdefault("upstream_failed", set()).add(ctx.upstream_addr.count(", ") + 1
+                                                          if ctx.upstream_addr else 0)
         ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)
         ctx.upstream_status = _append(ctx.upstream_status, str(e.status))
 

@@ -252,8 +252,10 @@ class StatsLogger:
             # proxy_pass with variables: the address may come from the request, so it never
             # becomes a label (unbounded series); these requests count under "-".
             group, addrs = "-", ["-"] * len(addrs)
+        failed = ctx.extra.get("upstream_failed", ()) if ctx.extra else ()
         for i, addr in enumerate(addrs):
-            code = statuses[i] if i < len(statuses) else ""
+            # "-": an attempt that got no response (connect error, timeout, reset)
+            code = "" if i in failed else (statuses[i] if i < len(statuses) else "")
             status = int(code) if code.isdigit() else 0
             m.peer_requests.labels(group, addr, code_class(status), code or "-").inc()
         last = addrs[-1]

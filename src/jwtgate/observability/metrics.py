@@ -12,7 +12,8 @@ Two modes, chosen by the environment when ``prometheus_client`` is first importe
   :class:`prometheus_client.multiprocess.MultiProcessCollector`. Counters of workers that
   exited (a reload starts new workers) stay in their files, so totals never drop; gauges use
   a ``live*`` mode and the master drops a dead worker's gauge files
-  (:func:`mark_process_dead`).
+  (:func:`mark_process_dead`), and folds its top-talker snapshot into one file of retired
+  counts, so what a reader merges stays bounded however many workers reloads retire.
 * **ordinary** (the variable unset: ``jwtgate check``, in-process tests): one private
   :class:`~prometheus_client.CollectorRegistry` in this process.
 
@@ -275,8 +276,9 @@ def collect_samples() -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 def mark_process_dead(pid: int) -> None:
-    """Drop a dead worker's live gauge files (the master calls it when it reaps a worker);
-    nothing outside multiprocess mode. Never raises."""
+    """Drop a dead worker's live gauge files and fold its top-talker snapshot into the retired
+    one (the master calls it when it reaps a worker); nothing outside multiprocess mode. Never
+    raises."""
     path = multiprocess_dir()
     if path is None:
         return
@@ -285,6 +287,10 @@ def mark_process_dead(pid: int) -> None:
 
         multiprocess.mark_process_dead(pid, path)
     except Exception:  # observability never takes the master down
+        pass
+    try:
+        _retire_snapshot(path, pid)
+    except Exception:
         pass
 
 
@@ -369,6 +375,35 @@ def write_top_snapshot(force: bool = False) -> None:
 
 
 _adopted: dict[str, int] = {}
+
+#: The snapshot of the workers that exited: their counts summed, the TOP_CAPACITY largest kept.
+RETIRED_SNAPSHOT = "topsubs_retired.json"
+
+
+def _retire_snapshot(directory: str, pid: int) -> None:
+    """Fold dead process ``pid``'s snapshot into :data:`RETIRED_SNAPSHOT` and remove it.
+
+    Without this every reload left one file per worker that :func:`top_subs` (the dashboard
+    polls it every second) read and parsed on every call, forever. Only the master writes the
+    retired file (atomically); a reader in between counts the dead worker twice, once.
+    """
+    dead = _snapshot_path(directory, pid)
+    counts = _read_snapshot(dead)
+    if counts:
+        retired = os.path.join(directory, RETIRED_SNAPSHOT)
+        merged = _read_snapshot(retired)
+        for sub, n in counts.items():
+            merged[sub] = merged.get(sub, 0) + n
+        if len(merged) > TOP_CAPACITY:
+            merged = dict(sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CAPACITY])
+        tmp = retired + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(merged, f)
+        os.replace(tmp, retired)
+    try:
+        os.unlink(dead)
+    except FileNotFoundError:
+        pass
 
 
 def _read_snapshot(path: str) -> dict[str, int]:

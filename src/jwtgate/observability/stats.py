@@ -74,6 +74,8 @@ def _responses(samples: _Samples, name: str, **labels: str) -> tuple[dict[str, A
         n = _n(v)
         requests += n
         code = lab.get("code", "")
+        if code == "-":  # an upstream attempt that got no response: a request, not a response
+            continue
         if code in _DISCARDED or not n:
             discarded += n if code in _DISCARDED else 0
             continue
@@ -177,7 +179,7 @@ def _upstream(samples: _Samples, group: Any) -> dict[str, Any]:
     # idle kept-alive connections of this process (NGINX's are per worker too)
     idle = getattr(group.pool, "_idle", {})
     keepalive = sum(len(q) for q in idle.values()) if isinstance(idle, dict) else 0
-    return {"peers": peers, "keepalive": keepalive, "zombies": 0, "zone": group.name}
+    return {"peers": peers, "keepalive": keepalive, "zombies": 0, "zone": getattr(group, "zone", "") or group.name}
 
 
 def _limit_req(samples: _Samples, zone: str) -> dict[str, int]:

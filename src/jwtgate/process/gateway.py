@@ -26,9 +26,13 @@ from jwtgate.http.server import HttpProtocol
 from jwtgate.observability.errorlog import reopen_error_log, setup_error_log
 from jwtgate.runtime.phases import Dispatcher
 
-__all__ = ["Gateway", "BindError", "run"]
+__all__ = ["Gateway", "BindError", "run", "READY_FD_ENV"]
 
 log = logging.getLogger("jwtgate")
+
+#: The environment variable a master sets in a worker it forks: the file descriptor of a pipe
+#: on which the worker reports that it listens (see :mod:`jwtgate.process.master`).
+READY_FD_ENV = "JWTGATE_READY_FD"
 
 #: Seconds in-flight requests get to finish on a graceful stop (``worker_shutdown_timeout``).
 SHUTDOWN_TIMEOUT = 10.0  # the default of worker_shutdown_timeout
@@ -151,6 +155,11 @@ class Gateway:
                 await resource.close()
             return False
         self.plan = new
+        if not self.worker and new.worker_processes > 1:
+            # Only a master forks workers; this process was started without one. An error, not a
+            # warning: the default error_log level would hide a setting silently not applied.
+            log.error("worker_processes %d takes effect at the next start; this gateway was "
+                      "started as a single process and stays one", new.worker_processes)
         for addr in list(self._servers):
             if addr not in new.binds:
                 self._servers.pop(addr).close()
@@ -207,6 +216,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
         await self.start()
+        _report_listening()
         mode: dict[str, bool] = {"graceful": False}
 
         def stop(graceful: bool) -> None:
@@ -353,6 +363,29 @@ class TlsListener:
             self._drop(conn)
         for task in list(self._tasks):
             task.cancel()
+
+
+def _report_listening() -> None:
+    """Tell the master (when there is one) that this worker's sockets accept connections: one
+    byte on the pipe named by :data:`READY_FD_ENV`. A reload stops the old workers only then,
+    so no connection is refused while the new ones open their resources (a keyval state file of
+    many entries takes a second to read)."""
+    value = os.environ.pop(READY_FD_ENV, None)
+    if value is None:
+        return
+    try:
+        fd = int(value)
+    except ValueError:
+        return
+    try:
+        os.write(fd, b"1")
+    except OSError:  # the master stopped waiting (EPIPE)
+        pass
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def run(path: str, plan: Plan | None = None, worker: bool = False) -> None:

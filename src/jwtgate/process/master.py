@@ -4,8 +4,9 @@
 workers (each binds the listening addresses with ``SO_REUSEPORT``, so the kernel spreads
 connections over them), restarts a worker that dies, and handles the signals:
 
-``HUP``   compile the configuration again; if it is valid, start new workers with it and
-          stop the old ones gracefully; if not, log the error and keep the old workers
+``HUP``   compile the configuration again; if it is valid, start new workers with it and,
+          once they listen (each reports it on a pipe; at most READY_TIMEOUT seconds), stop
+          the old ones gracefully; if not, log the error and keep the old workers
 ``QUIT``  graceful stop: workers finish their requests in flight
 ``TERM``, ``INT``  fast stop
 ``USR1``  reopen log files (master and workers)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -41,6 +43,10 @@ STOP_TIMEOUT = 15.0
 #: More unexpected worker deaths than this within RESPAWN_WINDOW seconds stops the master.
 MAX_RESPAWNS = 10
 RESPAWN_WINDOW = 10.0
+#: Longest a reload waits for the new workers to listen before stopping the old ones anyway.
+READY_TIMEOUT = 10.0
+#: Stop signals that end that wait early (they are handled right after it).
+_STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
 
 def worker_count(plan: Plan) -> int:
@@ -95,12 +101,21 @@ class _Master:
         self.retiring: set[int] = set()
         self.deaths: list[float] = []
         self.stopping = False
+        #: the read end of each new worker's "listening" pipe, until it reports or is waited for
+        self.ready: dict[int, int] = {}
 
     def spawn(self, plan: Plan) -> int:
+        from jwtgate.process.gateway import READY_FD_ENV
+
+        rfd, wfd = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             status = 1
             try:
+                os.close(rfd)
+                for fd in self.ready.values():  # the other workers' pipes are the master's
+                    os.close(fd)
+                os.environ[READY_FD_ENV] = str(wfd)
                 signal.pthread_sigmask(signal.SIG_SETMASK, set())
                 for sig in _SIGNALS:
                     signal.signal(sig, signal.SIG_DFL)
@@ -114,11 +129,50 @@ class _Master:
             finally:
                 logging.shutdown()
                 os._exit(status)
+        os.close(wfd)
+        self.ready[pid] = rfd
         return pid
+
+    def forget_ready(self, pid: int) -> None:
+        """Stop listening for ``pid``'s report (it was not waited for, or it died)."""
+        fd = self.ready.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def wait_listening(self, pids: set[int], timeout: float = READY_TIMEOUT) -> None:
+        """Wait until every worker of ``pids`` listens (or exited), at most ``timeout`` s, or
+        until a stop signal is pending."""
+        fds = {self.ready.pop(pid): pid for pid in pids if pid in self.ready}
+        deadline = time.monotonic() + timeout
+        try:
+            while fds:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("new workers %s did not listen within %gs; stopping the old ones anyway",
+                                sorted(fds.values()), timeout)
+                    return
+                if signal.sigpending() & _STOPS:
+                    return
+                try:
+                    readable, _, _ = select.select(list(fds), [], [], min(left, 0.1))
+                except InterruptedError:
+                    continue
+                for fd in readable:
+                    try:
+                        os.read(fd, 1)  # b"1": listening; b"": exited before it could
+                    except OSError:
+                        pass
+                    del fds[fd]
+                    os.close(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def start(self) -> None:
         for _ in range(self.workers):
-            self.current.add(self.spawn(self.plan))
+            pid = self.spawn(self.plan)
+            self.current.add(pid)
+            self.forget_ready(pid)
         log.info("master %d started %d workers", os.getpid(), self.workers)
 
     def signal_all(self, sig: int, pids: set[int] | None = None) -> None:
@@ -137,7 +191,9 @@ class _Master:
         old = set(self.current)
         self.plan = new
         self.current = {self.spawn(new) for _ in range(worker_count(new))}
-        time.sleep(0.2)  # let the new workers bind before the old ones stop accepting
+        # the old workers accept until the new ones listen: a worker opens its resources (a
+        # keyval state file, key sets) before it binds, which may take more than a second
+        self.wait_listening(self.current)
         self.retiring |= old
         self.signal_all(signal.SIGQUIT, old)
         log.info("configuration reloaded: %d new workers", len(self.current))
@@ -152,6 +208,7 @@ class _Master:
             if pid == 0:
                 return True
             self.retiring.discard(pid)
+            self.forget_ready(pid)
             mark_process_dead(pid)  # its live gauges leave the metrics sums
             if pid in self.current:
                 self.current.discard(pid)
@@ -164,7 +221,9 @@ class _Master:
                 if len(self.deaths) > MAX_RESPAWNS:
                     log.critical("workers keep dying; stopping")
                     return False
-                self.current.add(self.spawn(self.plan))
+                pid = self.spawn(self.plan)
+                self.current.add(pid)
+                self.forget_ready(pid)
 
     def stop(self, sig: int) -> None:
         self.stopping = True

@@ -21,8 +21,9 @@ that expires is written ``"key": {"value": "v", "expire": EPOCH_MS}`` (jwtgate r
 
 Sizes: a zone of ``size`` bytes holds entries while the sum of :func:`entry_cost` stays within
 it (``ENTRY_OVERHEAD`` bytes per entry plus its key and value in UTF-8, an estimate of NGINX's
-slab use); a write that would exceed it is refused. Keys are at most :data:`MAX_KEY_BYTES`,
-values at most :data:`MAX_VALUE_BYTES`.
+slab use); a write that would exceed it is refused, as is one whose file would be larger than
+the :data:`MAX_FILE_BYTES` a reader accepts (:func:`encode_storable`). Keys are at most
+:data:`MAX_KEY_BYTES`, values at most :data:`MAX_VALUE_BYTES`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Any
 
 __all__ = [
     "ENTRY_OVERHEAD", "MAX_KEY_BYTES", "MAX_VALUE_BYTES", "KeyvalError", "ZoneStore", "Entry",
-    "encode_state", "decode_state", "entry_cost", "check_key", "Change", "apply_change", "now_ms",
+    "encode_state", "encode_storable", "decode_state", "entry_cost", "check_key", "Change", "apply_change", "now_ms",
 ]
 
 log = logging.getLogger("jwtgate.keyval")
@@ -52,7 +53,8 @@ ENTRY_OVERHEAD = 128
 MAX_KEY_BYTES = 1024
 #: Longest value accepted, in UTF-8 bytes.
 MAX_VALUE_BYTES = 4096
-#: Largest state file read, bytes (far above any zone size jwtgate accepts for its entries).
+#: Largest state file read, bytes. A zone may be configured larger (up to 1g), and JSON may
+#: escape a key's characters into six bytes each, so writes check it too (:func:`encode_storable`).
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
 #: An entry: ``(value, expire)`` where ``expire`` is epoch milliseconds, 0 for never.
@@ -118,6 +120,20 @@ def encode_state(entries: dict[str, Entry]) -> bytes:
     for key, (value, expire) in entries.items():
         out[key] = {"value": value, "expire": expire} if expire else value
     return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+
+def encode_storable(entries: dict[str, Entry]) -> bytes:
+    """:func:`encode_state`, refused when the file could not be read back.
+
+    Raises:
+        KeyvalError: 507 ``KeyvalZoneFull`` when the JSON exceeds :data:`MAX_FILE_BYTES` (a
+            reader would take the file for corrupt: every worker would keep a stale copy, a
+            restart would start the zone empty and the next write would drop its entries).
+    """
+    data = encode_state(entries)
+    if len(data) > MAX_FILE_BYTES:
+        raise KeyvalError(507, "KeyvalZoneFull", "keyval zone is full (its state file would be too large)")
+    return data
 
 
 def decode_state(data: bytes) -> dict[str, Entry]:
@@ -409,8 +425,9 @@ class ZoneStore:
             The new content.
 
         Raises:
-            KeyvalError: the change is refused (see :func:`apply_change`); nothing is written.
-            OSError: the file cannot be written (nothing changed).
+            KeyvalError: the change is refused (see :func:`apply_change` and
+                :func:`encode_storable`); nothing is written.
+            OSError: the file cannot be read or written (nothing changed).
         """
         if not self.shared:
             if change[0] == "replace" and version is not None and version <= self._mem_version and not reset:
@@ -418,7 +435,7 @@ class ZoneStore:
             new = apply_change(self._fresh().entries, change, size=self.size, timeout_ms=self.timeout_ms,
                                now=self.clock())
             if self.state is not None:
-                _write_atomic(self.state, encode_state(new), sync=True)
+                _write_atomic(self.state, _encode(change, new), sync=True)
             self._index = _Index(new, self.kind)
             if version is not None:
                 self._mem_version = version if reset else max(self._mem_version, version)
@@ -434,7 +451,7 @@ class ZoneStore:
             if change[0] == "replace" and version is not None and version <= applied and not reset:
                 return current
             new = apply_change(current, change, size=self.size, timeout_ms=self.timeout_ms, now=self.clock())
-            _write_atomic(self.data_path, encode_state(new), sync=self.state is not None)
+            _write_atomic(self.data_path, _encode(change, new), sync=self.state is not None)
             if version is not None and (version > applied or reset):
                 _GEN.pack_into(self._map, 8, version)
             gen = _GEN.unpack_from(self._map, 0)[0] + 1
@@ -451,6 +468,8 @@ class ZoneStore:
 
         Raises:
             ValueError: the file is corrupt (except at ``initial`` open: logged, ``{}``).
+            OSError: the file exists but cannot be read (except at ``initial`` open); not a
+                ValueError, so that a writer never takes it for corrupt and overwrites it.
         """
         path = self.data_path
         if not path:
@@ -465,7 +484,7 @@ class ZoneStore:
                 log.error('keyval zone "%s": cannot read state file %s: %s; the zone starts empty',
                           self.name, path, e.strerror or e)
                 return {}
-            raise ValueError(str(e)) from None
+            raise
         try:
             if len(data) > MAX_FILE_BYTES:
                 raise ValueError("the file is too large")
@@ -476,6 +495,12 @@ class ZoneStore:
                           self.name, path, e)
                 return {}
             raise ValueError(str(e)) from None
+
+
+def _encode(change: Change, new: dict[str, Entry]) -> bytes:
+    """The file content for ``new``; a ``replace`` (what Redis holds) is never refused, as
+    :func:`apply_change` does not bound it either."""
+    return encode_state(new) if change[0] == "replace" else encode_storable(new)
 
 
 class _FileLock:

@@ -29,7 +29,7 @@ import logging
 from typing import Any
 
 from jwtgate.errors import StateError
-from jwtgate.state.keyval import Change, Entry, KeyvalError, ZoneStore, apply_change
+from jwtgate.state.keyval import Change, Entry, KeyvalError, ZoneStore, apply_change, encode_storable
 
 __all__ = ["KeyvalSync", "INTERVAL", "LOG_INTERVAL"]
 
@@ -121,6 +121,8 @@ class KeyvalSync:
         current = store.items()
         now = store.clock()
         new = apply_change(current, change, size=store.size, timeout_ms=store.timeout_ms, now=now)
+        if change[0] != "clear":
+            encode_storable(new)  # refused before Redis has it, as the local file would refuse it
         hkey, vkey, channel = self._keys[name]
         try:
             async with asyncio.timeout(self.conn.timeout):
