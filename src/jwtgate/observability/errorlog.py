@@ -1,7 +1,8 @@
 """The error log: Python logging set up as NGINX's ``error_log`` (file or stderr, level).
 
-Lines look like NGINX's: ``2026/11/29 19:24:34 [error] 4242#0: message``. Messages never
-carry a token or key material: callers log reasons and codes, not credentials.
+Lines look like NGINX's: ``2026/11/29 19:24:34 [error] 4242#0: message``, one line per record:
+control characters in a message are written as ``\\xNN``. Messages never carry a token or key
+material: callers log reasons and codes, not credentials.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ _NAMES = {logging.DEBUG: "debug", logging.INFO: "info", NOTICE: "notice", loggin
           logging.ERROR: "error", logging.CRITICAL: "crit"}
 
 
+#: Control characters as ``\xNN``: a value from a request (a decoded URI, a header, a claim)
+#: that reaches a message can neither start a forged line nor send terminal escapes.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
 class _NginxFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created))
@@ -36,7 +42,7 @@ class _NginxFormatter(logging.Formatter):
             # One line per record: the exception's type and text, not a traceback.
             exc = record.exc_info[1]
             message += f" ({type(exc).__name__}: {exc})"
-        return f"{stamp} [{level}] {os.getpid()}#0: {message}"
+        return f"{stamp} [{level}] {os.getpid()}#0: {message.translate(_ESCAPES)}"
 
 
 def setup_error_log(target: str = "stderr", level: str = "error") -> logging.Handler:
