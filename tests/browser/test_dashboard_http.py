@@ -102,3 +102,25 @@ def test_not_allowed_outside_a_location(tmp_path):
     conf.write_text("events {}\nhttp { dashboard; server { listen 127.0.0.1:1; } }\n")
     r = run_cli("check", "-c", str(conf))
     assert r.returncode == 1 and '"dashboard" directive is not allowed here' in r.stderr, r.stderr
+
+
+def test_a_dashboard_without_an_api_location_to_poll_is_a_warning(tmp_path):
+    conf = tmp_path / "gw.conf"
+    conf.write_text("events {}\nhttp {\n"
+                    "  server { listen 127.0.0.1:1;\n"
+                    "    location /dashboard/ { dashboard; }\n"
+                    "    location /remote/ { dashboard http://127.0.0.1:8081/api/; }\n"
+                    "  }\n"
+                    "  server { listen 127.0.0.1:2;\n"
+                    "    location / { location /admin/api/ { api; } }\n"
+                    "    location /dashboard/ { dashboard /admin/api/; }\n"
+                    "  }\n"
+                    "}\n")
+    r = run_cli("check", "-c", str(conf))
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "[warn]" in line]
+    # only the first server's local dashboard: a URL polls another gateway, the second server has an api
+    assert len(warnings) == 1, r.stderr
+    assert '"dashboard" polls the API at "/api/", but no location of this server has "api"' in warnings[0]
+    assert warnings[0].endswith(f"{conf}:4")
+    assert "test is successful" in r.stderr

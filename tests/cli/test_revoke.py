@@ -59,8 +59,28 @@ def test_revoke_and_unrevoke_a_jti(gateway):
     assert zone(gw.port, "revoked") == {"cli-1": "1"}
     assert ok("unrevoke", "--api", api, "--jti", "cli-1").strip() == 'unrevoked jti "cli-1" in zone "revoked"'
     assert get(gw.port, t) == 200
-    # unrevoking what is not revoked is not an error
-    ok("unrevoke", "--api", api, "--jti", "cli-1")
+    # unrevoking what is not revoked is not an error, but it says so
+    p = jwtgate("unrevoke", "--api", api, "--jti", "cli-1")
+    assert p.returncode == 0 and p.stdout.strip() == 'jti "cli-1" was not revoked in zone "revoked": nothing to remove'
+    assert "unrevoked" not in p.stdout
+
+
+def test_revoke_without_an_expiry_notes_the_zone_timeout(gateway):
+    gw = gateway(CONF)
+    p = jwtgate("revoke", "--api", f"{gw.url}/api", "--jti", "note-1")
+    assert p.returncode == 0 and p.stdout.strip() == 'revoked jti "note-1" in zone "revoked"'
+    notes = [line for line in p.stderr.splitlines() if line.startswith("jwtgate: note: ")]
+    assert len(notes) == 1 and "zone's timeout=" in notes[0] and "--until <the token's exp>" in notes[0]
+    p = jwtgate("revoke", "--api", f"{gw.url}/api", "--jti", "note-2", "--for", "1h")
+    assert p.returncode == 0 and "note" not in p.stderr
+
+
+def test_an_api_url_without_the_api_location_gets_a_hint(gateway):
+    gw = gateway(CONF)
+    for command in ("revoke", "unrevoke"):
+        err = fails(command, "--api", gw.url, "--jti", "x")
+        assert "404" in err and '--api must be the URL of the "api" location, e.g. http://host/api' in err, err
+    assert zone(gw.port, "revoked") == {}
 
 
 def test_until_a_token_exp_and_expiry(gateway):

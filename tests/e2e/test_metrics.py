@@ -298,3 +298,25 @@ def test_unused_configuration_serves_no_metrics_endpoint(gateway, upstream, setu
         .replace("metrics;", "return 204;").replace("api;", "return 204;")
     gw = gateway(text)
     assert fetch(gw.port, "/metrics", "stats").status == 204
+
+
+@pytest.mark.parametrize("main", ["", "worker_processes 2;"])
+def test_series_known_from_the_configuration_are_there_before_any_event(gateway, upstream, setup, main):
+    """Alerts are written ahead: on a fresh, healthy gateway the series whose labels the
+    configuration fixes are scraped at 0 (they used to appear only at their first non-zero value)."""
+    text = CONF.format(main=main, tmp=setup, up=upstream.port)
+    path, port = gateway.write_conf(text)
+    gateway.run_file(path, port)
+    samples = scrape(port)
+    for reason in ("ok", "missing", "malformed", "bad_signature", "expired", "not_yet_valid", "wrong_type",
+                   "require_failed", "revoked", "key_unavailable"):
+        assert (("jwtgate_auth_jwt_outcomes_total", (("reason", reason),))) in samples, reason
+    for decision in ("passed", "delayed", "rejected", "delayed_dry_run", "rejected_dry_run"):
+        key = ("jwtgate_limit_req_decisions_total", (("decision", decision), ("zone", "per_sub")))
+        assert samples.get(key) == 0, decision
+    peer = (("peer", f"127.0.0.1:{upstream.port}"), ("upstream", "backend"))
+    assert samples.get(("jwtgate_upstream_peer_fails_total", peer)) == 0
+    assert samples.get(("jwtgate_upstream_peer_unavailable_total", peer)) == 0
+    assert samples.get(("jwtgate_upstream_peer_up", peer)) == 1
+    assert samples.get(("jwtgate_auth_jwt_keys_fetch_failures_total", (("source", f"{setup}/keys.jwk"),))) == 0
+    assert total(samples, "jwtgate_auth_jwt_outcomes_total") == 0

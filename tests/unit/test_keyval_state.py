@@ -212,11 +212,39 @@ http {
     ("keyval_zone zone=a:64k type=x;", 'invalid parameter "type=x"'),
     ("keyval_zone state=/tmp/x;", '"keyval_zone" must have "zone" parameter'),
     ("keyval_zone zone=a:64k state=s.json; keyval_zone zone=b:64k state=s.json;", "share the state file"),
+    ("keyval_zone zone=a:64k state=nodir/s.json;", "nodir/s.json\" failed (2: No such file or directory)"),
+    ("keyval_zone zone=a:64k state=gw.conf/s.json;", "gw.conf/s.json\" failed (20: Not a directory)"),
+    ("keyval_zone zone=a:64k state=.;", "failed (21: Is a directory)"),
 ])
 def test_configuration_errors(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         plan_of(tmp_path, f"http {{ {text} server {{ listen 127.0.0.1:9; }} }}")
     assert message in str(err.value)
+
+
+def test_a_state_directory_that_is_not_writable_fails_the_configuration(tmp_path, monkeypatch):
+    # the write would fail at the first revocation (500 KeyvalStateError); NGINX fails at load
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(tmp_path / "ro")
+                        else real_access(p, mode, **kw))
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(ConfigError) as err:
+        plan_of(tmp_path, "http { keyval_zone zone=a:64k state=ro/a.json; server { listen 127.0.0.1:9; } }")
+    assert f'open() "{tmp_path}/ro/a.json" failed (13: Permission denied)' in str(err.value)
+    assert err.value.line == 1
+
+
+def test_a_state_file_that_cannot_be_parsed_is_a_warning(tmp_path):
+    (tmp_path / "bad.json").write_text('{"k": [1]}')
+    (tmp_path / "good.json").write_text('{"k": "1"}')
+    plan = plan_of(tmp_path, """http {
+    keyval_zone zone=a:64k state=good.json;
+    keyval_zone zone=b:64k state=bad.json;
+    server { listen 127.0.0.1:9; } }""")
+    assert len(plan.warnings) == 1
+    warning = plan.warnings[0]
+    assert f'state file "{tmp_path}/bad.json" of keyval zone "b" cannot be parsed' in str(warning)
+    assert "start empty" in str(warning) and warning.line == 3
 
 
 def test_access_rules_compile_and_cost_nothing_where_unused(tmp_path):

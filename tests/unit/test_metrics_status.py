@@ -380,3 +380,116 @@ def test_collector_copies_key_sources_and_peer_health():
     assert sample("jwtgate_upstream_peer_unavailable_total", upstream=group.name, peer=peer.address) == 1
     peer_obj = stats._upstream(stats._Samples(), group)["peers"][0]
     assert peer_obj["state"] == "unavail" and peer_obj["fails"] == 1 and peer_obj["unavail"] == 1
+
+
+def precreate_conf(tmp_path, upstream: str, limit_zone: str) -> str:
+    (tmp_path / "keys.jwk").write_text(json.dumps(SECRET_JWKS))
+    return f"""
+upstream {upstream} {{ server 127.0.0.1:9 max_fails=1; server 127.0.0.1:10 backup; }}
+limit_req_zone $jwt_claim_sub zone={limit_zone}:1m rate=1r/m;
+server {{
+    listen 127.0.0.1:8080;
+    status_zone s;
+    location /p/ {{
+        auth_jwt "x";
+        auth_jwt_key_file keys.jwk;
+        limit_req zone={limit_zone};
+        proxy_pass http://{upstream};
+    }}
+}}
+"""
+
+
+def _open_status_resource(plan) -> None:
+    async def run():
+        for resource in plan.resources:
+            if isinstance(resource, StatusResource):
+                await resource.open({})
+                await resource.close()
+    asyncio.run(run())
+
+
+def test_series_known_from_the_configuration_exist_at_zero(tmp_path):
+    """Alerts must be writable ahead: series whose label values the configuration fixes are
+    exported at 0 before anything happens (they were missing until their first non-zero value)."""
+    upstream, limit_zone = zone(), zone()
+    plan = plan_of(tmp_path, precreate_conf(tmp_path, upstream, limit_zone))
+    _open_status_resource(plan)
+    found = {}
+    for family in text_string_to_metric_families(metrics.exposition()[0].decode()):
+        for s in family.samples:
+            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+
+    def value(name, **labels):
+        return found.get((name, tuple(sorted(labels.items()))))
+
+    for reason in metrics.AUTH_REASONS:
+        assert value("jwtgate_auth_jwt_outcomes_total", reason=reason) is not None, reason
+    for decision in metrics.LIMIT_REQ_DECISIONS:
+        assert value("jwtgate_limit_req_decisions_total", zone=limit_zone, decision=decision) == 0, decision
+    for peer in ("127.0.0.1:9", "127.0.0.1:10"):
+        assert value("jwtgate_upstream_peer_fails_total", upstream=upstream, peer=peer) == 0
+        assert value("jwtgate_upstream_peer_unavailable_total", upstream=upstream, peer=peer) == 0
+        assert value("jwtgate_upstream_peer_up", upstream=upstream, peer=peer) == 1
+    assert value("jwtgate_auth_jwt_keys_fetch_failures_total", source=str(tmp_path / "keys.jwk")) == 0
+
+
+PRECREATE_MULTIPROCESS = textwrap.dedent("""
+    import asyncio, os, sys, json
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+    from jwtgate.conf.plan import compile_plan
+    from jwtgate.modules.status import StatusResource
+    from jwtgate.observability import metrics
+    pids = []
+    for n in (0, 2):  # two workers of one configuration; the second counts two failures
+        pid = os.fork()
+        if pid == 0:
+            plan = compile_plan(sys.argv[2])
+            async def run():
+                for resource in plan.resources:
+                    if isinstance(resource, StatusResource):
+                        await resource.open({})
+                        await resource.close()
+            asyncio.run(run())
+            if n:
+                metrics.get_metrics().peer_fails.labels(sys.argv[3], "127.0.0.1:9").inc(n)
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    print(json.dumps({"text": metrics.exposition()[0].decode(), "samples": metrics.collect_samples()}))
+""")
+
+
+def test_precreated_series_in_multiprocess_mode(tmp_path):
+    d = tmp_path / "metrics"
+    d.mkdir()
+    upstream, limit_zone = zone(), zone()
+    conf = tmp_path / "gw.conf"
+    conf.write_text(precreate_conf(tmp_path, upstream, limit_zone))
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    out = subprocess.run([sys.executable, "-c", PRECREATE_MULTIPROCESS, str(d), str(conf), upstream],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    text, samples = got["text"], got["samples"]
+    for name in ("jwtgate_upstream_peer_fails_total", "jwtgate_upstream_peer_unavailable_total",
+                 "jwtgate_auth_jwt_keys_fetch_failures_total", "jwtgate_limit_req_decisions_total",
+                 "jwtgate_auth_jwt_outcomes_total"):
+        base = name.removesuffix("_total")
+        assert f"# HELP {name}" in text or f"# HELP {base}" in text, name
+        assert f"# TYPE {name}" in text or f"# TYPE {base} counter" in text, name
+
+    def rows(name, **labels):
+        return [v for lab, v in samples.get(name, []) if all(lab.get(k) == w for k, w in labels.items())]
+
+    # summed over the two workers: exact (the zero entries add nothing)
+    assert rows("jwtgate_upstream_peer_fails_total", upstream=upstream, peer="127.0.0.1:9") == [2]
+    assert rows("jwtgate_upstream_peer_fails_total", upstream=upstream, peer="127.0.0.1:10") == [0]
+    assert rows("jwtgate_upstream_peer_unavailable_total", upstream=upstream, peer="127.0.0.1:9") == [0]
+    assert sorted(lab["reason"] for lab, _ in samples["jwtgate_auth_jwt_outcomes_total"]) == \
+        sorted(metrics.AUTH_REASONS)
+    assert all(v == 0 for _, v in samples["jwtgate_auth_jwt_outcomes_total"])
+    assert sorted(lab["decision"] for lab, _ in samples["jwtgate_limit_req_decisions_total"]) == \
+        sorted(metrics.LIMIT_REQ_DECISIONS)
+    assert rows("jwtgate_auth_jwt_keys_fetch_failures_total", source=str(tmp_path / "keys.jwk")) == [0]

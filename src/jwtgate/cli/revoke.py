@@ -2,7 +2,9 @@
 
 ``revoke`` adds the token ID (``--jti``) or subject (``--sub``) to a keyval zone through
 ``POST /api/9/http/keyvals/ZONE`` (and, when the key is already there, ``PATCH`` to re-time
-it); ``unrevoke`` removes it with ``PATCH {"KEY": null}``. They work against jwtgate and against
+it); ``unrevoke`` removes it with ``PATCH {"KEY": null}`` after ``GET ?key=KEY`` (NGINX Plus
+answers that ``PATCH`` with 204 whether or not the key was there; a key that was not there is
+said so, exit status 0). They work against jwtgate and against
 NGINX Plus alike. ``--until``/``--for`` become the entry's ``expire`` (NGINX Plus API 5+; the
 zone needs ``timeout=``): a revocation need not outlive the token's ``exp``.
 
@@ -109,13 +111,27 @@ def _call(method: str, url: str, body: Any, headers: dict[str, str]) -> tuple[in
         fail(f"cannot reach the API at {url}: {e}")
 
 
-def _explain(status: int, answer: bytes) -> str:
-    """``405 MethodDisabled: method disabled`` from an NGINX Plus error object, or the status."""
+def _error_code(answer: bytes) -> str | None:
+    """The ``code`` of an NGINX Plus API error object (``KeyvalKeyNotFound``...), or ``None``
+    when ``answer`` is not one."""
+    try:
+        code = json.loads(answer.decode("utf-8"))["error"]["code"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
+def _explain(status: int, answer: bytes, api: str) -> str:
+    """``405 MethodDisabled: method disabled`` from an NGINX Plus error object, or the status,
+    with a hint at the usual cause (``api`` is the ``--api`` value as given)."""
     try:
         err = json.loads(answer.decode("utf-8"))["error"]
         text = f"{status} {err['code']}: {err['text']}"
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         text = f"{status}"
+        if status in (404, 405):  # not the API answering: a location without "api", or no path
+            text += (f' (no NGINX Plus API at {api[:200]}: --api must be the URL of the "api" '
+                     'location, e.g. http://host/api)')
     hints = {"MethodDisabled": ' (the api location needs "api write=on;")',
              "KeyvalNotFound": " (no keyval_zone of that name; see --zone)",
              "UnknownVersion": " (--api should be the api location, e.g. http://host/api)"}
@@ -200,11 +216,15 @@ def revoke(api: str, jti: str | None, sub: str | None, zone: str | None, until: 
     if status == 409:  # already revoked: set it again (new expiry)
         status, answer = _call("PATCH", url, {key: item}, hdrs)
     if status not in (201, 204):
-        fail(f"the API refused the revocation: {_explain(status, answer)}")
+        fail(f"the API refused the revocation: {_explain(status, answer, api)}")
     until_text = ""
     if expire is not None:
         until_text = time.strftime(" until %Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + expire / 1000))
     click.echo(f'revoked {kind} "{key}" in zone "{zone}"{until_text}')
+    if expire is None:
+        click.echo("jwtgate: note: without --until or --for the revocation lasts for the zone's timeout= "
+                   "(until unrevoked when it has none); --until <the token's exp> makes it last exactly "
+                   "as long as the token", err=True)
 
 
 @click.command("unrevoke", epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -215,11 +235,27 @@ def revoke(api: str, jti: str | None, sub: str | None, zone: str | None, until: 
 @_header
 @one_line_errors
 def unrevoke(api: str, jti: str | None, sub: str | None, zone: str | None, headers: tuple[str, ...]) -> None:
-    """Lift a revocation made with `jwtgate revoke` (removes the key from the zone)."""
+    """Lift a revocation made with `jwtgate revoke` (removes the key from the zone).
+
+    A key that is not in the zone (never revoked, already lifted, or expired) is not an error:
+    it says so and exits 0, as the key is not revoked, which is what was asked.
+    """
     kind, key = _key(jti, sub)
     zone = zone or DEFAULT_ZONES[kind]
     url = _zone_url(api, zone)
-    status, answer = _call("PATCH", url, {key: None}, _headers(headers))
+    hdrs = _headers(headers)
+    # NGINX Plus answers PATCH {"key": null} with 204 whether or not the key was there: ask
+    # first. The PATCH is sent either way (it is idempotent), so the key is gone afterwards
+    # even if it was added meanwhile.
+    status, answer = _call("GET", f"{url}?key={quote(key, safe='')}", None, hdrs)
+    code = _error_code(answer)
+    if status == 404 and code is None:
+        fail(f"the API refused it: {_explain(status, answer, api)}")
+    absent = status == 404 and code == "KeyvalKeyNotFound"
+    status, answer = _call("PATCH", url, {key: None}, hdrs)
     if status not in (200, 204):
-        fail(f"the API refused it: {_explain(status, answer)}")
-    click.echo(f'unrevoked {kind} "{key}" in zone "{zone}"')
+        fail(f"the API refused it: {_explain(status, answer, api)}")
+    if absent:
+        click.echo(f'{kind} "{key}" was not revoked in zone "{zone}": nothing to remove')
+    else:
+        click.echo(f'unrevoked {kind} "{key}" in zone "{zone}"')

@@ -216,6 +216,25 @@ class DashboardHandler:
         responder.end()
 
 
+def _server_has_api(loc: Any) -> bool:
+    """Whether a location of the server that ``loc`` (a location
+    :class:`~jwtgate.conf.compiler.Level`) belongs to has ``api``, at any nesting depth.
+
+    A ``dashboard`` whose ``api_uri`` is a local path polls its own server; without an ``api``
+    location there, every poll fails (NGINX Plus's ``dashboard.html`` likewise needs ``api``).
+    """
+    server = loc
+    while server.parent is not None and server.ctx is not Ctx.SERVER:
+        server = server.parent
+    stack = list(server.children)
+    while stack:
+        level = stack.pop()
+        if level.own("api"):
+            return True
+        stack.extend(level.children)
+    return False
+
+
 class DashboardModule(Module):
     """``dashboard [api_uri];``: serves the live dashboard page from the package."""
 
@@ -245,6 +264,9 @@ class DashboardModule(Module):
         api_uri, d = own[-1]
         if loc.own("proxy_pass"):
             raise build.error('"dashboard" and "proxy_pass" in one location', d)
+        if api_uri.startswith("/") and not _server_has_api(loc):
+            build.warn(f'"dashboard" polls the API at "{api_uri}", but no location of this server has '
+                       '"api": the page will show only errors', d)
         assets = self._loaded.get(api_uri)
         if assets is None:
             try:

@@ -22,7 +22,10 @@ names (without ``$``) of the variables ``keyval`` declares (the metrics module c
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +35,11 @@ from jwtgate.errors import StateError
 from jwtgate.modules.base import Module, Resource
 from jwtgate.modules.state import redis_connection
 from jwtgate.process.runtime import runtime_dir
-from jwtgate.state.keyval import Change, Entry, KeyvalError, ZoneStore
+from jwtgate.state.keyval import MAX_FILE_BYTES, Change, Entry, KeyvalError, ZoneStore, decode_state
 from jwtgate.vars.complex import variable_names
 
-__all__ = ["KeyvalModule", "KeyvalZone", "keyval_zones", "apply_change_async", "MIN_ZONE_SIZE"]
+__all__ = ["KeyvalModule", "KeyvalZone", "keyval_zones", "apply_change_async", "check_state_file",
+           "MIN_ZONE_SIZE"]
 
 log = logging.getLogger("jwtgate.keyval")
 
@@ -52,7 +56,9 @@ DIRECTIVES = (
         doc="A key-value zone, managed through the `api` location. `size` bounds the entries: each "
             "counts 128 bytes plus its key and value (a write that would exceed it is refused with "
             "507); keys are at most 1024 bytes, values 4096. `state=file` keeps the zone in that "
-            "file (NGINX Plus's JSON format, written atomically on every change) across restarts. "
+            "file (NGINX Plus's JSON format, written atomically on every change) across restarts; "
+            "its directory must exist and be writable (checked when the configuration loads; a file "
+            "that cannot be parsed is a warning, and the zone starts empty). "
             "`timeout` removes entries that long after they were set (the API's `expire` overrides "
             "it per entry). `type`: `string` matches the key exactly, `ip` matches addresses "
             "against IP/CIDR keys (most specific first), `prefix` the longest key the value starts "
@@ -143,6 +149,62 @@ async def apply_change_async(zone: KeyvalZone, change: Change) -> dict[str, Entr
     return zone.store.change(change)
 
 
+def check_state_file(build: Any, zone: str, path: str, d: Any) -> None:
+    """Check a ``keyval_zone ... state=`` file when the configuration loads (``jwtgate check``,
+    start, reload), so that a bad path fails there and not at the first API write.
+
+    The file is replaced atomically on every write (a temporary file in its directory renamed
+    over it, :mod:`jwtgate.state.keyval`), so its directory must exist and be writable; this is
+    checked with ``stat``/``access`` only (nothing is created: ``jwtgate check`` has no side
+    effects). An existing file that cannot be read or parsed is a warning, as at start the zone
+    then starts empty (and the first write replaces the file).
+
+    Args:
+        build: the :class:`~jwtgate.conf.compiler.Build` (warnings go to ``build.warnings``).
+        zone: the zone name (for messages).
+        path: the absolute ``state=`` path.
+        d: the ``keyval_zone`` directive (where errors and warnings are located).
+
+    Raises:
+        ConfigError: ``open() "PATH" failed (ERRNO: STRERROR)``, as NGINX reports a file it
+            cannot create, when the directory is missing, not a directory, not writable, or
+            ``path`` is a directory.
+    """
+    directory = os.path.dirname(path) or "/"
+
+    def failed(code: int) -> Any:
+        return build.error(f'open() "{path}" failed ({code}: {os.strerror(code)})', d)
+
+    try:
+        is_dir = stat.S_ISDIR(os.stat(directory).st_mode)
+    except OSError as e:
+        raise failed(e.errno or errno.ENOENT) from None
+    except ValueError:  # a NUL byte in the path
+        raise failed(errno.EINVAL) from None
+    if not is_dir:
+        raise failed(errno.ENOTDIR)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise failed(errno.EACCES)
+    if os.path.isdir(path):
+        raise failed(errno.EISDIR)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        build.warn(f'open() "{path}" failed ({e.errno}: {e.strerror}): keyval zone "{zone}" '
+                   f'will start empty', d)
+        return
+    try:
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
+        decode_state(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        build.warn(f'the state file "{path}" of keyval zone "{zone}" cannot be parsed ({str(e)[:200]}): '
+                   f'the zone will start empty and its next write replaces the file', d)
+
+
 class KeyvalModule(Module):
     """``keyval_zone`` and ``keyval``."""
 
@@ -220,6 +282,8 @@ class KeyvalModule(Module):
         zones = build.shared["keyval"]["zones"]
         if name in zones:
             raise build.error(f'duplicate zone "{name}"', d)
+        if state is not None:
+            check_state_file(build, name, state, d)
         zone = KeyvalZone(name, size, kind, timeout, state, sync, d)
         zones[name] = zone
         return zone

@@ -378,6 +378,7 @@ class StatusResource:
         generations.add(self.loaded_at)
         m.generation.set(metrics.config_generation(self.loaded_at, len(generations)))
         server.CONNECTION_HOOK = metrics.connection_hook  # stays on once on: a few calls per connection
+        collector.create_series()
         collector.sync(force=True)
         self._task = asyncio.get_running_loop().create_task(self._run())
 

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
-    "AUTH_REASONS", "Metrics", "SpaceSaving", "Collector", "get_metrics", "multiprocess_dir",
+    "AUTH_REASONS", "LIMIT_REQ_DECISIONS", "Metrics", "SpaceSaving", "Collector", "get_metrics", "multiprocess_dir",
     "scrape_registry", "exposition", "mark_process_dead", "collect_samples", "auth_reason",
     "code_class", "top_subs", "TOP_SUBS", "connection_hook", "config_generation", "count_sub",
     "write_top_snapshot", "connection_counts",
@@ -45,6 +45,9 @@ __all__ = [
 #: Auth outcome reasons, the values of the ``reason`` label (the dashboard lists them in this order).
 AUTH_REASONS = ("ok", "missing", "malformed", "bad_signature", "expired", "not_yet_valid", "wrong_type",
                 "require_failed", "revoked", "key_unavailable")
+
+#: ``limit_req`` decisions, the values of the ``decision`` label (NGINX Plus ``/http/limit_reqs`` fields).
+LIMIT_REQ_DECISIONS = ("passed", "delayed", "rejected", "delayed_dry_run", "rejected_dry_run")
 
 #: :class:`~jwtgate.errors.TokenError` codes by outcome reason (anything unknown is malformed).
 _TOKEN_CODES = {
@@ -504,6 +507,7 @@ class Collector:
         self._static = [(path, ks) for path, ks in auth.get("keysets", {}).items()]
         self._remotes = list(auth.get("remotes", {}).values())
         self._groups = list(shared.get("proxy", {}).get("groups", {}).values())
+        self._limit_zones = list(shared.get("limit_req", {}))
         self._loaded = getattr(build, "loaded_at", None) or time.time()
         #: ``id()`` of the caches copied after each request instead (see the status module)
         self.per_request: set[int] = set()
@@ -540,6 +544,37 @@ class Collector:
             if misses:
                 m.cache_misses.inc(misses)
 
+    def create_series(self) -> None:
+        """Create at 0 every series whose label values the configuration determines, so that
+        each is exported from the start, not from its first non-zero value (alert rules and
+        ``absent()`` can be written ahead; NGINX Plus's API likewise lists every zone and peer
+        with zero counters): every ``jwtgate_auth_jwt_outcomes_total`` reason
+        (:data:`AUTH_REASONS`), every ``limit_req_zone`` × :data:`LIMIT_REQ_DECISIONS`, the
+        fetch failures of every key source (a key file's stay 0), every upstream peer's fails
+        and unavailable counts (``jwtgate_upstream_peer_up`` is set by :meth:`sync`).
+
+        ``.labels()`` is what creates a series in prometheus-client; in multiprocess mode it
+        writes a 0 entry into this process's file, so the series is in every scrape and the
+        sums over workers stay exact. Called once when the configuration starts serving (the
+        status module's resource), never on the request path; not at all when statistics are
+        off.
+        """
+        m = get_metrics()
+        for reason in AUTH_REASONS:
+            m.auth.labels(reason)
+        for zone in self._limit_zones:
+            for decision in LIMIT_REQ_DECISIONS:
+                m.limit_req.labels(zone, decision)
+        for path, _ in self._static:
+            m.keys_failures.labels(path)
+        for remote in self._remotes:
+            m.keys_failures.labels(remote.name)
+        for group in self._groups:
+            balancer = group.balancer
+            for peer in (*balancer.primary, *balancer.backup):
+                m.peer_fails.labels(group.name, peer.address)
+                m.peer_unavail.labels(group.name, peer.address)
+
     def sync(self, force: bool = False) -> None:
         """Copy everything, unless done less than :data:`SYNC_INTERVAL` ago (and not ``force``)."""
         now = time.monotonic()
@@ -562,9 +597,8 @@ class Collector:
             if fetched is not None:
                 m.keys_refresh.labels(name).set(wall_now - (mono_now - fetched))
             (failures,) = self._delta(remote, (getattr(remote, "failures", 0),))
-            child = m.keys_failures.labels(name)
             if failures:
-                child.inc(failures)
+                m.keys_failures.labels(name).inc(failures)
         for group in self._groups:
             balancer = group.balancer
             for peer in (*balancer.primary, *balancer.backup):

@@ -184,7 +184,7 @@ def _upstream(samples: _Samples, group: Any) -> dict[str, Any]:
 
 def _limit_req(samples: _Samples, zone: str) -> dict[str, int]:
     return {d: _n(samples.value("jwtgate_limit_req_decisions_total", zone=zone, decision=d))
-            for d in ("passed", "delayed", "rejected", "delayed_dry_run", "rejected_dry_run")}
+            for d in _metrics.LIMIT_REQ_DECISIONS}
 
 
 def _jwtgate(samples: _Samples, build: Any) -> dict[str, Any]:
