@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from jwtgate_e2e import bearer, generate_key, mint_hs, now, request, wait_until, write_jwks
+from jwtgate_e2e import bearer, generate_key, mint_hs, now, wait_until, write_jwks
 
 
 class IdPStub:

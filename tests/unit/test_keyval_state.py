@@ -20,7 +20,7 @@ from jwtgate.state.keyval import (ENTRY_OVERHEAD, KeyvalError, ZoneStore, apply_
                                   encode_state, entry_cost)
 
 sys.path.insert(0, os.path.dirname(__file__))
-from inproc import evaluate, plan_of, serve  # noqa: E402
+from inproc import plan_of, serve  # noqa: E402
 
 NOW = 1_700_000_000_000
 

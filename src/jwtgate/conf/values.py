@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["parse_time", "parse_size", "parse_rate", "parse_flag"]
+__all__ = ["parse_time", "parse_size", "parse_zone", "parse_rate", "parse_flag", "MIN_ZONE_SIZE"]
 
 _MAX = 2**63 - 1  # NGX_MAX_INT_T_VALUE / NGX_MAX_SIZE_T_VALUE on 64-bit platforms
 
@@ -130,6 +130,27 @@ def parse_size(text: str) -> int:
     if size > _MAX:
         raise ValueError(f"invalid size {text!r}: too large")
     return size
+
+
+#: Smallest shared memory zone NGINX accepts: 8 pages (``8 * ngx_pagesize``), bytes.
+MIN_ZONE_SIZE = 8 * 4096
+
+
+def parse_zone(text: str) -> tuple[str, int]:
+    """Parse the ``name:size`` of a ``zone=`` parameter (``limit_req_zone``, ``keyval_zone``).
+
+    Returns:
+        ``(name, size)``: the name (possibly empty; callers that need one check it) and the
+        size in bytes (``parse_size``). Whether the size is at least :data:`MIN_ZONE_SIZE` is
+        the caller's check, as its message names the directive's own argument.
+
+    Raises:
+        ValueError: no ``:``, or a size ``parse_size`` refuses.
+    """
+    name, colon, size = text.partition(":")
+    if not colon:
+        raise ValueError(f"invalid zone {text!r}: no size")
+    return name, parse_size(size)
 
 
 def parse_rate(text: str) -> float:

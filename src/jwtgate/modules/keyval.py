@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jwtgate.conf.spec import Ctx, DirectiveSpec, Inherit
-from jwtgate.conf.values import parse_size, parse_time
+from jwtgate.conf.values import MIN_ZONE_SIZE, parse_time, parse_zone
 from jwtgate.errors import StateError
 from jwtgate.modules.base import Module, Resource
 from jwtgate.modules.state import redis_connection
@@ -43,8 +43,6 @@ __all__ = ["KeyvalModule", "KeyvalZone", "keyval_zones", "apply_change_async", "
 
 log = logging.getLogger("jwtgate.keyval")
 
-#: Smallest zone accepted (NGINX refuses shared memory zones under 8 pages).
-MIN_ZONE_SIZE = 8 * 4096
 #: Largest zone accepted: entries are kept in every process's memory.
 MAX_ZONE_SIZE = 1024 * 1024 * 1024
 _TYPES = ("string", "ip", "prefix")
@@ -251,13 +249,12 @@ class KeyvalModule(Module):
         for arg in d.args:
             key, eq, value = arg.partition("=")
             if key == "zone" and eq:
-                name, colon, size_s = value.partition(":")
-                if not name or not colon:
-                    raise build.error(f'invalid zone size "{arg}"', d)
                 try:
-                    size = parse_size(size_s)
+                    name, size = parse_zone(value)
                 except ValueError:
-                    raise build.error(f'invalid zone size "{arg}"', d) from None
+                    name = ""
+                if not name:
+                    raise build.error(f'invalid zone size "{arg}"', d)
                 if size < MIN_ZONE_SIZE:
                     raise build.error(f'zone "{name}" is too small', d)
                 if size > MAX_ZONE_SIZE:

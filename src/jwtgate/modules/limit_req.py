@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jwtgate.conf.spec import HSL, Ctx, DirectiveSpec, Inherit
-from jwtgate.conf.values import parse_flag, parse_rate, parse_size
+from jwtgate.conf.values import MIN_ZONE_SIZE, parse_flag, parse_rate, parse_zone
 from jwtgate.errors import StateError
 from jwtgate.modules.base import Module, Phase, Resource
 from jwtgate.modules.state import redis_connection
@@ -39,8 +39,6 @@ __all__ = ["LimitReqModule", "LimitReqHandler", "Zone", "LimitReq"]
 
 log = logging.getLogger("jwtgate.limit_req")
 
-#: NGINX refuses zones under 8 pages.
-MIN_ZONE_SIZE = 8 * 4096
 #: Largest ``burst=``/``delay=`` accepted: keeps every excess exact in Lua's doubles.
 MAX_BURST = 1_000_000_000
 
@@ -185,11 +183,8 @@ class LimitReqModule(Module):
         sync = False
         for arg in d.args[1:]:
             if arg.startswith("zone="):
-                name, colon, size_s = arg[5:].partition(":")
-                if not colon:
-                    raise build.error(f'invalid zone size "{arg}"', d)
                 try:
-                    size = parse_size(size_s)
+                    name, size = parse_zone(arg[5:])
                 except ValueError:
                     raise build.error(f'invalid zone size "{arg}"', d) from None
                 if size < MIN_ZONE_SIZE:

@@ -43,7 +43,6 @@ from email.utils import formatdate, parsedate_to_datetime
 from typing import Any
 
 from jwtgate.conf.spec import HSL, Ctx, DirectiveSpec, Inherit
-from jwtgate.conf.values import parse_flag
 from jwtgate.errors import HTTPError, UpstreamError
 from jwtgate.http.mime import MIME_TYPES, content_type_for
 from jwtgate.http.writer import error_body, valid_field_value
@@ -647,7 +646,7 @@ class StaticModule(Module):
                 if not arg:
                     raise build.error('index "" in "index" directive is invalid', d)
                 if arg.startswith("/") and i != len(d.args) - 1:
-                    raise build.error(f'only the last index in "index" directive should be absolute', d)
+                    raise build.error('only the last index in "index" directive should be absolute', d)
                 values.append(build.complex(arg, d))
             return tuple(values)
         if name == "try_files":

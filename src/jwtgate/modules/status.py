@@ -30,6 +30,7 @@ from typing import Any
 
 from jwtgate.conf.spec import Ctx, DirectiveSpec, Inherit
 from jwtgate.modules.base import Module, Phase, Resource
+from jwtgate.observability.metrics import auth_reason, code_class, count_sub, get_metrics
 
 __all__ = ["StatusModule", "StatsLogger", "MetricsHandler", "StatusResource", "enabled"]
 
@@ -171,8 +172,6 @@ class StatsLogger:
         return f"<StatsLogger server_zone={self.server_zone!r} location_zone={self.location_zone!r}>"
 
     def _status_children(self, status: int) -> tuple[Any, ...]:
-        from jwtgate.observability.metrics import code_class
-
         m = self._m
         cls, code = code_class(status), str(status)
         made = (m.requests.labels(self.server_zone, cls, code), m.received.labels(self.server_zone),
@@ -186,8 +185,6 @@ class StatsLogger:
     def __call__(self, ctx: Any) -> None:
         m = self._m
         if m is None:
-            from jwtgate.observability.metrics import get_metrics
-
             m = self._m = get_metrics()
         status = ctx.status
         children = self._children.get(status) or self._status_children(status)
@@ -207,8 +204,6 @@ class StatsLogger:
             self._upstream(ctx, m)
 
     def _auth(self, ctx: Any, m: Any, extra: Any) -> None:
-        from jwtgate.observability.metrics import auth_reason, count_sub
-
         outcome = extra.get("auth_jwt") if extra is not None else None
         if outcome is not None:
             m.auth.labels(auth_reason(outcome, self.revoked)).inc()
@@ -243,8 +238,6 @@ class StatsLogger:
                     m.limit_req.labels(name, "passed").inc()
 
     def _upstream(self, ctx: Any, m: Any) -> None:
-        from jwtgate.observability.metrics import code_class
-
         addrs = _LIST.split(ctx.upstream_addr)
         statuses = _LIST.split(ctx.upstream_status) if ctx.upstream_status else []
         group = self.upstream
