@@ -798,6 +798,11 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             self._task = None
             self.active = False
+            if ctx is not None:
+                # The context and its responder point at each other: undone here, the
+                # request's objects go with their last reference, not at the next run of
+                # the cycle collector (which then has ~15 fewer objects per request to walk).
+                ctx.responder = None
         if self._closing:
             self.close()
             return

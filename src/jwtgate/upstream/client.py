@@ -59,7 +59,7 @@ class Exchange:
 
     __slots__ = ("on_head", "head_only", "read_timeout", "done", "status", "headers", "head_seen",
                  "received", "keep_alive", "sink", "complete", "length", "chunked", "last_read",
-                 "abandoned", "upgrade_tail")
+                 "abandoned", "upgrade_tail", "parsed")
 
     def __init__(self, on_head: HeadCallback, head_only: bool, read_timeout: float,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -78,6 +78,8 @@ class Exchange:
         self.keep_alive = False
         self.sink: Sink | None = None
         self.complete = False
+        #: the parser saw the end of the response message (not just ``complete``)
+        self.parsed = False
         self.length: int | None = None
         self.chunked = False
         self.last_read = time.monotonic()
@@ -167,7 +169,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         self.requests += 1
         self._head_bytes = 0
-        self._parser = httptools.HttpResponseParser(self)
+        if self._parser is None:
+            # A parser is reused only after it saw a whole message (llhttp then expects the
+            # next one); making one per request cost more than the rest of begin().
+            self._parser = httptools.HttpResponseParser(self)
         exchange.last_read = time.monotonic()
         if self._timer is None:
             # Re-armed lazily by _check_timeout from last_read: no timer churn per request.
@@ -175,8 +180,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def end(self) -> None:
         """Detach the finished exchange (the connection may then go back to the pool)."""
+        ex = self.exchange
         self.exchange = None
-        self._parser = None
+        if ex is None or not ex.parsed:
+            # Mid-message (a HEAD answer's announced body, an abandoned exchange): a new
+            # exchange needs a fresh parser.
+            self._parser = None
 
     def write(self, data: bytes) -> None:
         """Send request bytes."""
@@ -332,6 +341,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         if ex is None or not ex.head_seen:
             return  # the end of an interim 1xx response
+        ex.parsed = True
         if not ex.complete:
             if ex.sink is not None:
                 ex.sink.end()
