@@ -448,7 +448,10 @@ class HttpProtocol(asyncio.Protocol):
         self.conn: ConnectionInfo | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[tuple[RequestContext | None, HTTPError | None, bool]] = deque()
+        #: the connection's task (see _serve), from its first request on
         self._task: asyncio.Task[None] | None = None
+        #: resolved by _next when a request is dispatched while the task waits for one
+        self._wakeup: asyncio.Future[None] | None = None
         self._current_body: RequestBody | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -517,7 +520,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def shutdown_idle(self) -> None:
         """Close now if no request is in progress (graceful stop and reload)."""
-        if self._task is None and not self._queue:
+        if not self.active and not self._queue:
             self.close()
         else:
             self._closing = True
@@ -580,7 +583,7 @@ class HttpProtocol(asyncio.Protocol):
                     self._body_timing = True
                 else:
                     self._body_timed_out()
-            elif self._task is None:
+            elif not self.active:
                 self.close()
                 return
             elif self._in_head:
@@ -602,7 +605,7 @@ class HttpProtocol(asyncio.Protocol):
         self.pause_reading("timeout")
         if body is not None and not body.complete:
             body.abort(HTTPError(408, "client timed out"))
-        if self._task is None and not self._queue:
+        if not self.active and not self._queue:
             self.close()
 
     # -- flow control ---------------------------------------------------------------------
@@ -663,7 +666,7 @@ class HttpProtocol(asyncio.Protocol):
             self.upgrade_tail = data[int(e.args[0]):] if e.args else b""
             self.upgrade_pending = True
             self.pause_reading("upgrade")
-            if self._task is None and not self._queue:
+            if not self.active and not self._queue:
                 self.close()
         except httptools.HttpParserError as e:
             # Our callbacks' own refusals (414, 431, 413...) arrive wrapped by httptools.
@@ -685,7 +688,7 @@ class HttpProtocol(asyncio.Protocol):
             # error when it reads the body (or answers what it would anyway); then close.
             body.abort(err)
             self._closing = True
-            if self._task is None and not self._queue:
+            if not self.active and not self._queue:
                 self.close()
             return
         self._queue.append((None, err, False))
@@ -696,7 +699,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_bytes = 0
-        if self._task is not None:
+        if self.active:
             # A pipelined request: parse what was read, read no more until we catch up.
             self.pause_reading("pipeline")
         self._set_timer(self._limits.client_header_timeout)
@@ -762,11 +765,30 @@ class HttpProtocol(asyncio.Protocol):
     # -- dispatch -------------------------------------------------------------------------
 
     def _next(self) -> None:
-        if self._task is not None or not self._queue or self.transport is None:
+        if self.active or not self._queue or self.transport is None:
             return
-        ctx, err, keep_alive = self._queue.popleft()
         self.active = True
-        self._task = self._loop.create_task(self._run(ctx, err, keep_alive))
+        w = self._wakeup
+        if w is not None:
+            self._wakeup = None
+            w.set_result(None)
+        elif self._task is None:
+            self._task = self._loop.create_task(self._serve())
+
+    async def _serve(self) -> None:
+        """The connection's task: serves its requests in turn, from the first to the close.
+
+        One task per connection rather than per request: creating and registering a task
+        cost more than the rest of dispatching a request.
+        """
+        while True:
+            if not self.active:
+                self._wakeup = w = self._loop.create_future()
+                await w
+            ctx, err, keep_alive = self._queue.popleft()
+            await self._run(ctx, err, keep_alive)
+            if self._closing:
+                return
 
     async def _run(self, ctx: RequestContext | None, err: HTTPError | None, keep_alive: bool) -> None:
         limits = self._limits
@@ -796,7 +818,6 @@ class HttpProtocol(asyncio.Protocol):
             self.close()
             return
         finally:
-            self._task = None
             self.active = False
             if ctx is not None:
                 # The context and its responder point at each other: undone here, the
