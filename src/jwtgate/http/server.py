@@ -23,6 +23,7 @@ from jwtgate.http.head import read_head
 from jwtgate.http.tunnel import Tunnel
 from jwtgate.http.writer import chunk, error_body, http_date, status_line
 from jwtgate.runtime.context import ConnectionInfo, RequestContext
+from jwtgate.writebatch import batch_for
 
 __all__ = ["HttpLimits", "HttpProtocol", "RequestBody", "Responder"]
 
@@ -294,6 +295,7 @@ class Responder:
             ConnectionError: the client closed the connection.
         """
         self.flush()
+        self._proto.flush_writes()  # the head must be in the socket before sendfile(2)
         if self.head_only or count <= 0:
             return
         self.ctx.body_bytes_sent += count
@@ -313,6 +315,7 @@ class Responder:
                 sock_fd = sock.fileno()
         fd, pos, end = file.fileno(), offset, offset + count
         while pos < end:
+            self._proto.flush_writes()  # a short read's bytes must not wait behind sendfile(2)
             if sock_fd >= 0 and transport.get_write_buffer_size() == 0:
                 pos += _sendfile_some(sock_fd, fd, pos, end - pos)
                 if pos >= end:
@@ -459,6 +462,8 @@ class HttpProtocol(asyncio.Protocol):
         self._paused: set[str] = set()
         self._closing = False
         self._loop = asyncio.get_running_loop()
+        #: this loop's write batch: responses go out together at the end of the loop's turn
+        self._batch = batch_for(self._loop)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         #: read side: client_header_timeout, keepalive_timeout or (``_body_timing``) client_body_timeout
@@ -516,6 +521,7 @@ class HttpProtocol(asyncio.Protocol):
         """Close the connection once what is written is flushed."""
         self._closing = True
         if self.transport is not None and not self.transport.is_closing():
+            self._batch.flush()
             self.transport.close()
 
     def shutdown_idle(self) -> None:
@@ -646,8 +652,14 @@ class HttpProtocol(asyncio.Protocol):
             await self._drain_waiter
 
     def write(self, data: bytes) -> None:
+        """Send ``data`` to the client at the end of the loop's turn (see jwtgate.writebatch)."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            self._batch.write(self.transport, data)
+
+    def flush_writes(self) -> None:
+        """Hand what waits in the write batch to the transport now (before using the socket
+        directly, as sendfile does)."""
+        self._batch.flush()
 
     # -- parsing --------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import httptools
 
 from jwtgate.errors import UpstreamError
+from jwtgate.writebatch import batch_for
 
 __all__ = ["Sink", "Exchange", "UpstreamConnection"]
 
@@ -110,6 +111,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes = 0
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
+        #: this loop's write batch: requests go out together at the end of the loop's turn
+        self._batch = batch_for(self.loop)
         self.closed = False
         self.requests = 0
         self.exchange: Exchange | None = None
@@ -188,9 +191,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser = None
 
     def write(self, data: bytes) -> None:
-        """Send request bytes."""
+        """Send request bytes (at the end of the loop's turn, see jwtgate.writebatch)."""
         if self.transport is not None and not self.closed:
-            self.transport.write(data)
+            self._batch.write(self.transport, data)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until the upstream socket accepts more request bytes.
@@ -212,6 +215,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self._cancel_timer()
         if self.transport is not None:
+            self._batch.flush()
             self.transport.close()
 
     def abort(self) -> None:
