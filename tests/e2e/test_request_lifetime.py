@@ -5,6 +5,10 @@
   proxied request, and their pauses the tail latency).
 - An upstream keep-alive connection carries GET, HEAD (a head announcing a body it does not
   send) and GET again correctly: the response parser is reused only after a whole message.
+- A client that half-closes after its requests (``shutdown(SHUT_WR)``) still gets every answer,
+  although answers are written at the end of the loop's turn (jwtgate.writebatch).
+- An exception escaping the handler answers 500 and ends that connection only; a client's
+  non-UTF-8 header in a realm does not raise at all.
 """
 
 from __future__ import annotations
@@ -87,13 +91,21 @@ server {{
         proxy_http_version 1.1;
         proxy_set_header Connection "";
     }}
+    location /realm/ {{
+        auth_jwt "API $http_x_tenant";
+        auth_jwt_key_file {jwks};
+        proxy_pass http://backend;
+    }}
+    location = /ret {{
+        return 200 "ret\n";
+    }}
 }}
 """)
     gw = Gateway(str(conf))
     await gw.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        await test(up, reader, writer)
+        await test(up, reader, writer, port)
         writer.close()
     finally:
         await gw.stop(graceful=False)
@@ -103,7 +115,7 @@ server {{
 def test_requests_leave_no_reference_cycles(tmp_path):
     bad = tamper_signature(POST_TOKEN)
 
-    async def test(up, reader, writer) -> None:
+    async def test(up, reader, writer, port) -> None:
         async def mix() -> None:
             assert await _exchange(reader, writer, "GET", "/open/a") == (200, b'{"ok":true}')
             assert (await _exchange(reader, writer, "HEAD", "/open/h"))[0] == 200
@@ -131,7 +143,7 @@ def test_requests_leave_no_reference_cycles(tmp_path):
 
 
 def test_upstream_connection_reused_across_get_head_get(tmp_path):
-    async def test(up, reader, writer) -> None:
+    async def test(up, reader, writer, port) -> None:
         results = [await _exchange(reader, writer, m, p) for m, p in
                    [("GET", "/open/1"), ("HEAD", "/open/2"), ("GET", "/open/3"), ("GET", "/open/4"),
                     ("HEAD", "/open/5"), ("HEAD", "/open/6"), ("GET", "/open/7")]]
@@ -142,3 +154,73 @@ def test_upstream_connection_reused_across_get_head_get(tmp_path):
         assert {number for number, _ in up.requests} == {1}
 
     uvloop.run(_with_gateway(tmp_path, test))
+
+
+async def _half_closed(port: int, payload: bytes) -> bytes:
+    """Send ``payload``, shut the write side, read until the gateway closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    writer.write_eof()
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return data
+
+
+def test_half_closed_client_gets_every_answer(tmp_path):
+    async def test(up, reader, writer, port) -> None:
+        one = b"GET /ret HTTP/1.1\r\nHost: t\r\n\r\n"
+        # Answers the gateway makes itself: always delivered.
+        for path in (b"/ret", b"/realm/x", b"/nowhere"):
+            data = await _half_closed(port, b"GET " + path + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert data.startswith(b"HTTP/1.1 "), (path, data)
+            assert data.count(b"HTTP/1.1 ") == 1
+        data = await _half_closed(port, one * 3)
+        assert data.count(b"HTTP/1.1 200 OK") == 3 and data.endswith(b"ret\n"), data
+        # A proxied request the client gave up on while it waited for the upstream is
+        # abandoned, as NGINX does (499): a whole answer or none, never part of one.
+        for _ in range(20):
+            data = await _half_closed(port, b"GET /open/p HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert data in (b"", ) or (data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b'{"ok":true}')), data
+
+    uvloop.run(_with_gateway(tmp_path, test))
+
+
+def test_non_utf8_header_in_realm_is_answered(tmp_path):
+    async def test(up, reader, writer, port) -> None:
+        writer.write(b"GET /realm/x HTTP/1.1\r\nHost: t\r\nX-Tenant: a\xffb\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 401 ")
+        assert b'WWW-Authenticate: Bearer realm="API a\xffb"' in head  # the octets as sent
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        # The connection goes on.
+        assert await _exchange(reader, writer, "GET", "/ret") == (200, b"ret\n")
+
+    uvloop.run(_with_gateway(tmp_path, test))
+
+
+def test_an_exception_escaping_the_handler_is_a_500_and_closes_only_that_connection():
+    from jwtgate.http.server import HttpLimits, HttpProtocol
+
+    async def handler(ctx) -> None:
+        if ctx.uri == "/boom":
+            raise RuntimeError("a bug")
+        ctx.responder.send(204)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: HttpProtocol(handler, HttpLimits(), [0]), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\nGET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(), 5)  # answered, then closed
+            assert data.startswith(b"HTTP/1.1 500 ") and b"Connection: close" in data
+            assert data.count(b"HTTP/1.1 ") == 1
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await _exchange(reader, writer, "GET", "/ok") == (204, b"")
+            writer.close()
+        finally:
+            server.close()
+
+    uvloop.run(main())

@@ -480,6 +480,10 @@ class HttpProtocol(asyncio.Protocol):
         #: the last request asked to switch protocols; ``upgrade_tail`` is what followed it
         self.upgrade_pending = False
         self.upgrade_tail = b""
+        #: the client half-closed: close once its last request is answered
+        self._eof = False
+        #: a request's handler has started and not returned (it is waiting on something)
+        self._handling = False
         self.tunnel: Tunnel | None = None
 
     # -- connection ---------------------------------------------------------------------
@@ -516,6 +520,29 @@ class HttpProtocol(asyncio.Protocol):
             CONNECTION_HOOK(self, False)
         if self._on_close is not None:
             self._on_close(self)
+
+    def eof_received(self) -> bool:
+        """The client closed its sending side (a close, or ``shutdown(SHUT_WR)``).
+
+        What is already answered goes out first. A request whose handler is under way (waiting
+        for its upstream) is given up, as NGINX does (499, ``proxy_ignore_client_abort off``),
+        so a gone client holds no upstream connection. Requests read but not yet started
+        (pipelined before the half-close) are answered, then the connection closes.
+
+        Returns:
+            Whether to keep the transport open for those answers (asyncio's protocol rule).
+        """
+        self._batch.flush()
+        self._eof = True
+        body = self._current_body
+        if body is not None and not body.complete:
+            body.abort(ConnectionError("client closed"))
+        # Over TLS (asyncio's SSL transport closes regardless) and in a tunnel, close now.
+        if (self.active or self._queue) and not self._handling and not self._https \
+                and self.tunnel is None:
+            return True
+        self._closing = True
+        return False
 
     def close(self) -> None:
         """Close the connection once what is written is flushed."""
@@ -798,7 +825,14 @@ class HttpProtocol(asyncio.Protocol):
                 self._wakeup = w = self._loop.create_future()
                 await w
             ctx, err, keep_alive = self._queue.popleft()
-            await self._run(ctx, err, keep_alive)
+            try:
+                await self._run(ctx, err, keep_alive)
+            except Exception:
+                # A bug, not the client's doing: this connection ends; the others go on.
+                log.exception("unexpected error on the connection from %s",
+                              self.conn.remote_addr if self.conn else "?")
+                self.active = False
+                self.close()
             if self._closing:
                 return
 
@@ -815,7 +849,16 @@ class HttpProtocol(asyncio.Protocol):
                 keep_alive = False
             responder = Responder(self, ctx, keep_alive)
             ctx.responder = responder
-            await self._handler(ctx)
+            self._handling = True
+            try:
+                await self._handler(ctx)
+            except Exception:
+                # The handler answers its own errors; one escaping it is a bug: 500 if the
+                # response has not started, and the connection is not reused either way.
+                log.exception("unexpected error while serving %s %s", ctx.method, ctx.uri)
+                responder.keep_alive = False
+                if not responder.started:
+                    responder.send(500)
             keep_alive = responder.keep_alive and responder.finished and not self.upgrade_pending
             body = ctx.body
             if not body.complete:
@@ -831,6 +874,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         finally:
             self.active = False
+            self._handling = False
             if ctx is not None:
                 # The context and its responder point at each other: undone here, the
                 # request's objects go with their last reference, not at the next run of
@@ -842,6 +886,8 @@ class HttpProtocol(asyncio.Protocol):
         self.resume_reading("pipeline")
         if self._queue:
             self._next()
+        elif self._eof:
+            self.close()  # half-closed: nothing more can come
         elif not self._in_head:
             # (a head already begun keeps its client_header_timeout deadline)
             self._set_timer(limits.keepalive_timeout)

@@ -14,7 +14,7 @@ from http import HTTPStatus
 
 __all__ = [
     "status_line", "reason", "error_body", "http_date", "valid_field_value", "valid_field_name",
-    "chunk",
+    "chunk", "encode_fields",
 ]
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -80,6 +80,24 @@ def valid_field_name(name: bytes) -> bool:
 def valid_field_value(value: bytes) -> bool:
     """Whether ``value`` can be written as a field value: no CR, LF, NUL or other controls."""
     return _BAD_VALUE.search(value) is None
+
+
+def encode_fields(fields: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Header fields the gateway made as text (``ctx.response_headers``), as bytes to write.
+
+    Values are UTF-8; octets a client sent that are not UTF-8 (kept as surrogate escapes, e.g.
+    a realm built from ``$http_*``) go back as they came, other lone surrogates become ``?``.
+    A value holding CR, LF, NUL or another control character is dropped, never written.
+    """
+    out = []
+    for name, value in fields:
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = value.encode("utf-8", "replace")
+        if valid_field_value(raw):
+            out.append((name.encode("latin-1"), raw))
+    return out
 
 
 def chunk(data: bytes) -> bytes:

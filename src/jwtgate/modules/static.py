@@ -45,7 +45,7 @@ from typing import Any
 from jwtgate.conf.spec import HSL, Ctx, DirectiveSpec, Inherit
 from jwtgate.errors import HTTPError, UpstreamError
 from jwtgate.http.mime import MIME_TYPES, content_type_for
-from jwtgate.http.writer import error_body, valid_field_value
+from jwtgate.http.writer import encode_fields, error_body, valid_field_value
 from jwtgate.modules import core as _core
 from jwtgate.modules.base import Module, Phase
 from jwtgate.modules.rewrite import absolute_location, redirect_to_location
@@ -194,7 +194,7 @@ class _PageResponder:
               own_fields: bool = True) -> None:
         if self.err_status is not None:
             status = self.err_status
-        kept = [(n.encode("latin-1"), v.encode("utf-8")) for n, v in self._ctx.response_headers]
+        kept = encode_fields(self._ctx.response_headers)
         self._real.start(status, kept + list(headers), length, own_fields)
 
     def send(self, status: int, headers: list[tuple[bytes, bytes]] | None = None,
@@ -235,7 +235,7 @@ class ErrorPages:
         if not target.startswith(("/", "@")):
             code = override if isinstance(override, int) and override in _REDIRECTS else 302
             raw = absolute_location(ctx, target).encode("utf-8", "surrogateescape")
-            headers = [(n.encode("latin-1"), v.encode("utf-8")) for n, v in ctx.response_headers]
+            headers = encode_fields(ctx.response_headers)
             if valid_field_value(raw):
                 headers.append((b"Location", raw))
             real.send(code, headers, error_body(code))
@@ -266,7 +266,7 @@ def _plain(ctx: Any, status: int) -> None:
     if responder.started:
         responder.keep_alive = False
         return
-    headers = [(n.encode("latin-1"), v.encode("utf-8")) for n, v in ctx.response_headers]
+    headers = encode_fields(ctx.response_headers)
     responder.send(status, headers)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jwtgate.errors import HTTPError, UpstreamError
+from jwtgate.http.writer import encode_fields
 from jwtgate.modules.rewrite import redirect_to_location
 from jwtgate.modules.static import send_error_page
 from jwtgate.runtime.router import group_index
@@ -108,7 +109,7 @@ class Dispatcher:
     async def _error(ctx: Any, status: int) -> None:
         if ctx.extra is not None and await send_error_page(ctx, status):  # error_page
             return
-        headers = [(n.encode("latin-1"), v.encode("utf-8")) for n, v in ctx.response_headers]
+        headers = encode_fields(ctx.response_headers)
         ctx.responder.send(status, headers)
 
 
