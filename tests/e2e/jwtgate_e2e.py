@@ -613,6 +613,19 @@ def request(port: int, method: str, path: str, headers: dict | list | None = Non
             c.close()
 
 
+def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data`` as is on a new connection and return every byte read until the gateway
+    closes it (for requests http.client refuses to send)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
 def fetch(port: int, path: str, host: str, method: str = "GET", headers: dict | None = None) -> Response:
     """One request with exactly this ``Host`` field (:func:`request` lets http.client add its
     own, so a ``Host`` passed there is sent twice, which the gateway refuses)."""

@@ -3,9 +3,8 @@ location kinds, NGINX's auto-redirect, named locations and URI normalisation."""
 
 from __future__ import annotations
 
-import socket
 
-from jwtgate_e2e import curl, fetch, free_port, request
+from jwtgate_e2e import curl, fetch, free_port, raw, request
 
 ROUTING = r"""
 upstream api_server { server 127.0.0.1:{upstream_port}; }
@@ -55,16 +54,6 @@ server {
 def get(port: int, path: str, host: str = "api.example.com"):
     return fetch(port, path, host)
 
-
-def raw(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(data)
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
 
 
 def test_server_selection_by_host(gateway, upstream):

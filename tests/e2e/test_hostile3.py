@@ -43,16 +43,6 @@ http {
 """
 
 
-def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
-
 
 def post(port: int, path: str, body, method: str = "POST"):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -30,7 +30,9 @@ from typing import Any
 
 from jwtgate.conf.spec import Ctx, DirectiveSpec, Inherit
 from jwtgate.modules.base import Module, Phase, Resource
-from jwtgate.observability.metrics import auth_reason, code_class, count_sub, get_metrics
+from jwtgate.observability import metrics, stats
+from jwtgate.observability.metrics import (SYNC_INTERVAL, auth_reason, code_class, count_sub, exposition,
+                                           get_metrics, write_top_snapshot)
 
 __all__ = ["StatusModule", "StatsLogger", "MetricsHandler", "StatusResource", "enabled"]
 
@@ -320,8 +322,6 @@ class MetricsHandler:
         self.state = state
 
     async def __call__(self, ctx: Any) -> None:
-        from jwtgate.observability.metrics import exposition
-
         if ctx.method not in ("GET", "HEAD"):
             ctx.responder.send(405, [(b"Allow", b"GET, HEAD")])
             return
@@ -353,17 +353,14 @@ class StatusResource:
         return "<status statistics>"
 
     async def open(self, keep: dict[str, Any]) -> None:
-        from jwtgate.http import server
-        from jwtgate.observability import metrics
+        from jwtgate.http import server  # (the layer above modules: only when statistics start)
 
-        m = metrics.get_metrics()
+        m = get_metrics()
         self.build.loaded_at = self.loaded_at
         collector = metrics.Collector(self.build)
         self.state.caches = [[c, c.hits, c.misses] for c in collector.caches()]
         collector.per_request = {id(entry[0]) for entry in self.state.caches}  # StatsLogger copies these
         self.state.collector = collector
-        from jwtgate.observability import stats
-
         stats.CURRENT.update(build=self.build, collector=collector, loaded_at=self.loaded_at)
         # Generations: distinct configuration loads of this instance (a master's workers
         # share one load; their plan was compiled before the fork).
@@ -376,8 +373,6 @@ class StatusResource:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        from jwtgate.observability.metrics import SYNC_INTERVAL
-
         while True:
             await asyncio.sleep(SYNC_INTERVAL)
             try:
@@ -405,6 +400,4 @@ class StatusResource:
             except (asyncio.CancelledError, Exception):
                 pass
         self.flush()
-        from jwtgate.observability.metrics import write_top_snapshot
-
         write_top_snapshot(force=True)
