@@ -128,6 +128,7 @@ class Plan:
     pools: list[Any] = field(default_factory=list)
     resources: list[Any] = field(default_factory=list)
     build: Build | None = None
+    _selector_memo: dict[tuple[str, int], ServerSelector] = field(default_factory=dict, repr=False)
 
     def select_server(self, local: str, port: int, host: str) -> ServerPlan:
         """The server for a request that arrived on ``local:port`` with ``Host: host``."""
@@ -141,6 +142,17 @@ class Plan:
         the wildcard address of ``port``, as NGINX does.
         """
         return self.selectors[self._selector_key(local, port)].find(host)  # type: ignore[no-any-return]
+
+    def selector(self, local: str, port: int) -> Any:
+        """The :class:`~jwtgate.runtime.router.ServerSelector` for a connection accepted on
+        ``local:port`` (remembered: the same few addresses serve every request)."""
+        key = (local, port)
+        selector = self._selector_memo.get(key)
+        if selector is None:
+            selector = self.selectors[self._selector_key(local, port)]
+            if len(self._selector_memo) < 256:
+                self._selector_memo[key] = selector
+        return selector
 
     def _selector_key(self, local: str, port: int) -> tuple[str, int]:
         key = (local, port)

@@ -26,10 +26,32 @@ _UNIQUE = frozenset({"host", "authorization", "content_length", "transfer_encodi
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
 
 
+#: Hosts already found valid, and field names already mapped to their ``$http_*`` key
+#: ("" for a name NGINX ignores): a client sends the same few on every request. Bounded:
+#: past the bound, new ones are checked each time and not remembered.
+_VALID_HOSTS: set[str] = set()
+_KEYS: dict[bytes, str] = {}
+_MEMO_MAX = 1024
+
+
 def _valid_host(host: str) -> bool:
     """A ``Host`` value NGINX would accept: a reg-name or IP literal with an optional port;
     no ``/``, ``\\``, spaces, controls, ``..`` or emptiness."""
-    return bool(host) and ".." not in host and _HOST.fullmatch(host) is not None
+    if host in _VALID_HOSTS:
+        return True
+    ok = bool(host) and ".." not in host and _HOST.fullmatch(host) is not None
+    if ok and len(_VALID_HOSTS) < _MEMO_MAX:
+        _VALID_HOSTS.add(host)
+    return ok
+
+
+def _key(name: bytes) -> str:
+    """The ``$http_*`` key of a field name (``X-Api-Key`` → ``x_api_key``); ``""`` for a name
+    holding ``_``, which NGINX's ``ignore_invalid_headers`` drops."""
+    key = "" if b"_" in name else name.decode("latin-1").lower().replace("-", "_")
+    if len(_KEYS) < _MEMO_MAX:
+        _KEYS[name] = key
+    return key
 
 
 @dataclass(slots=True)  # not frozen: a frozen init costs a setattr call per field, per request
@@ -92,10 +114,13 @@ def read_head(method: str, version: str, target: str,
     http: dict[str, str] = {}
     content_length: int | None = None
     chunked = False
+    keys = _KEYS
     for name, value in fields:
-        if b"_" in name:
+        key = keys.get(name)
+        if key is None:
+            key = _key(name)
+        if not key:
             continue
-        key = name.decode("latin-1").lower().replace("-", "_")
         # UTF-8 where it is; other octets kept as surrogate escapes, so that logs and
         # upstream headers give back exactly the bytes the client sent.
         sval = value.decode("utf-8", "surrogateescape")

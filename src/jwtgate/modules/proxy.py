@@ -335,9 +335,9 @@ class ProxyModule(Module):
         add = build.variables.add
         add("upstream_addr", lambda ctx: ctx.upstream_addr, self.name)
         add("upstream_status", lambda ctx: ctx.upstream_status, self.name)
-        add("upstream_response_time", lambda ctx: ctx.upstream_response_time, self.name)
-        add("upstream_connect_time", lambda ctx: ctx.upstream_connect_time, self.name)
-        add("upstream_header_time", lambda ctx: ctx.upstream_header_time, self.name)
+        add("upstream_response_time", lambda ctx: seconds_text(ctx.upstream_response_time), self.name)
+        add("upstream_connect_time", lambda ctx: seconds_text(ctx.upstream_connect_time), self.name)
+        add("upstream_header_time", lambda ctx: seconds_text(ctx.upstream_header_time), self.name)
         add("proxy_host", lambda ctx: _proxy_state(ctx, 0), self.name)
         add("proxy_port", lambda ctx: _proxy_state(ctx, 1), self.name)
         add("proxy_add_x_forwarded_for", _x_forwarded_for, self.name)
@@ -541,6 +541,7 @@ class ProxyHandler:
         self.set_headers = [(n.encode("latin-1"), v) for n, v in
                             [*(dv for dv in defaults if dv[0].lower() not in names), *sets]]
         self.skip = _HOP_BY_HOP | {n.lower() for n, _ in self.set_headers}
+        self._head_template = self._template()
         self.hide = ((_HIDE_RESPONSE | frozenset(loc.get_all("proxy_hide_header")))
                      - (frozenset(loc.get_all("proxy_pass_header")) - _HOP_BY_HOP))
         self.pass_body = loc.get("proxy_pass_request_body", True)
@@ -549,6 +550,29 @@ class ProxyHandler:
         if not self.own_fields:
             self.hide = self.hide - {b"server", b"date"}  # both come from the upstream then
         self.request_line_tail = f" HTTP/{self.version}\r\n".encode()
+
+    def _template(self) -> list[Any]:
+        """The header lines of ``set_headers`` as written per request: runs of lines whose
+        value is fixed for this handler (a constant, or exactly ``$proxy_host``) joined into
+        one ``bytes`` at load time; the others kept as ``(name, value)`` to evaluate."""
+        out: list[Any] = []
+        for name, value in self.set_headers:
+            if value.constant is not None:
+                fixed: str | None = value.constant
+            elif value.source == "$proxy_host":
+                fixed = self.proxy_host
+            else:
+                fixed = None
+            raw = fixed.encode("utf-8", "surrogateescape") if fixed is not None else b""
+            if fixed is None or not valid_field_value(raw):
+                out.append((name, value))  # evaluated (and refused if bad) per request
+            elif raw:
+                line = name + b": " + raw + b"\r\n"
+                if out and out[-1].__class__ is bytes:
+                    out[-1] += line
+                else:
+                    out.append(line)
+        return out
 
     def upstream_uri(self, ctx: Any) -> str:
         """The request-target sent upstream (NGINX's rules for a URI part in ``proxy_pass``)."""
@@ -568,7 +592,11 @@ class ProxyHandler:
         ctx.extra["proxy"] = (self.proxy_host, self.proxy_port)
         parts = [ctx.method.encode("latin-1"), b" ", self.upstream_uri(ctx).encode("utf-8", "surrogateescape"),
                  self.request_line_tail]
-        for name, value in self.set_headers:
+        for item in self._head_template:
+            if item.__class__ is bytes:
+                parts.append(item)
+                continue
+            name, value = item
             try:
                 # surrogateescape gives back raw octets kept in $uri (a %FF in the path)
                 raw = value(ctx).encode("utf-8", "surrogateescape")
@@ -643,7 +671,7 @@ class ProxyHandler:
                             self._may_retry(ctx, tried, start, sent=False, body_started=False):
                         continue
                     raise
-            ctx.upstream_connect_time = f"{time.monotonic() - attempt:.3f}"
+            ctx.upstream_connect_time = time.monotonic() - attempt
             retried: list[int] = []
 
             def on_head(status: int, headers: list[tuple[bytes, bytes]], length: int | None) -> Any:
@@ -651,7 +679,7 @@ class ProxyHandler:
                         ctx, tried, start, sent=True, body_started=has_body):
                     retried.append(status)
                     return _DISCARD
-                ctx.upstream_header_time = f"{time.monotonic() - attempt:.3f}"
+                ctx.upstream_header_time = time.monotonic() - attempt
                 ctx.upstream_status = _append(ctx.upstream_status, str(status))
                 if status == 101:
                     if not responder.upgrade_pending:
@@ -659,11 +687,12 @@ class ProxyHandler:
                     responder.switch_protocols([(n, v) for n, v in headers if n.lower() not in _HIDE_101
                                                 and valid_field_value(v)])
                     return responder
-                out = []
                 hide = self.hide
-                for name, value in headers:
-                    if name.lower() not in hide and valid_field_value(value):
-                        out.append((name, value))
+                # One scan of all values (the check is per octet, so joining is exact).
+                if valid_field_value(b"".join([v for _, v in headers])):
+                    out = [f for f in headers if f[0].lower() not in hide]
+                else:
+                    out = [(n, v) for n, v in headers if n.lower() not in hide and valid_field_value(v)]
                 responder.start(status, out, length, self.own_fields)
                 return responder
 
@@ -720,7 +749,7 @@ class ProxyHandler:
                 if retried[0] >= 500:
                     balancer.failed(peer)
                 continue
-            ctx.upstream_response_time = f"{time.monotonic() - start:.3f}"
+            ctx.upstream_response_time = time.monotonic() - start
             pool.release(conn, self.keep_alive and ex.keep_alive and ex.complete and body_sent)
             balancer.succeeded(peer)
             responder.end()
@@ -769,6 +798,13 @@ class ProxyHandler:
         if chunked:
             conn.write(b"0\r\n\r\n")
         return True
+
+
+def seconds_text(value: float | str) -> str:
+    """An ``$upstream_*_time`` value as NGINX writes it: seconds with millisecond
+    resolution (``"0.004"``); ``""`` when not measured. The proxy keeps the float and
+    formats it only when a log or header reads it."""
+    return value if value.__class__ is str else f"{value:.3f}"  # type: ignore[return-value]
 
 
 def _append(prev: str, value: str) -> str:

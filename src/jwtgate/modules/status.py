@@ -266,8 +266,11 @@ class StatsLogger:
         m.peer_selected.labels(*labels).set(time.time())
 
 
-def _seconds(text: str) -> float | None:
-    """The last number of an ``$upstream_*_time`` value (``"0.012"``, ``"0.001, 0.004"``)."""
+def _seconds(text: float | str) -> float | None:
+    """The last number of an ``$upstream_*_time`` value (``"0.012"``, ``"0.001, 0.004"``),
+    or the value itself when the proxy kept it as a float (seconds)."""
+    if text.__class__ is float:
+        return text  # type: ignore[return-value]
     if not text:
         return None
     last = text.replace(":", ",").rsplit(",", 1)[-1].strip()

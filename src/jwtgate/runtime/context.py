@@ -56,8 +56,9 @@ class RequestContext:
         body_bytes_sent, bytes_sent: bytes of response body and of the whole response.
         response_headers: extra headers for an answer the gateway makes itself
             (``WWW-Authenticate``), ``[(name, value), ...]`` (str).
-        upstream_addr, upstream_status, upstream_response_time, upstream_connect_time,
-            upstream_header_time: set by the proxy.
+        upstream_addr, upstream_status: set by the proxy (str).
+        upstream_response_time, upstream_connect_time, upstream_header_time: set by the
+            proxy, in seconds (float); ``""`` until measured. ``$upstream_*_time`` formats them.
         limit_req_status: ``PASSED``, ``DELAYED``, ``REJECTED`` or ``""``.
         start, start_wall: monotonic and wall-clock seconds when the request head arrived.
         request_length: bytes of the request head and body read.
@@ -101,9 +102,9 @@ class RequestContext:
         self.response_headers: list[tuple[str, str]] = []
         self.upstream_addr = ""
         self.upstream_status = ""
-        self.upstream_response_time = ""
-        self.upstream_connect_time = ""
-        self.upstream_header_time = ""
+        self.upstream_response_time: float | str = ""
+        self.upstream_connect_time: float | str = ""
+        self.upstream_header_time: float | str = ""
         self.limit_req_status = ""
         self.start = time.monotonic()
         self.start_wall = time.time()

@@ -42,10 +42,14 @@ class Dispatcher:
     async def __call__(self, ctx: Any) -> None:
         plan = self.current_plan()
         responder = ctx.responder
-        server, m = plan.find_server(ctx.conn.server_addr, ctx.conn.server_port, _host(ctx))
+        conn = ctx.conn
+        selector = plan.selector(conn.server_addr, conn.server_port)
+        server = selector.single
+        if server is None:
+            server, m = selector.find(_host(ctx))
+            if m is not None:
+                ctx.captures, ctx.capture_names = m.groups(), group_index(m)
         ctx.server = server
-        if m is not None:
-            ctx.captures, ctx.capture_names = m.groups(), group_index(m)
         loc = None
         try:
             # NGINX's server-rewrite phase: the server's set/return script, before routing.

@@ -39,6 +39,9 @@ __all__ = ["LocationMatcher", "ServerSelector"]
 _EXACT, _PREFIX, _REGEX, _REDIRECT = "exact", "prefix", "regex", "redirect"
 
 
+_MEMO_MAX = 4096
+
+
 class LocationMatcher:
     """Locations of one server (or nested in one location), ready to match a URI.
 
@@ -69,6 +72,9 @@ class LocationMatcher:
                 self.named.setdefault(loc.match.pattern, loc)
         # Longest first; equal lengths keep configuration order.
         self.prefixes.sort(key=lambda loc: -len(loc.match.pattern))
+        #: lookup results by URI: clients ask for the same few paths again and again.
+        #: Cleared when full, so unique paths (hostile or not) cost a miss, not memory.
+        self._memo: dict[str, tuple[Any, re.Match[str] | None, bool] | None] = {}
         # A node of NGINX's tree redirects when its exact or its prefix location does; the
         # exact one serves the redirect when both exist.
         for name in {*self.exact, *inclusive}:
@@ -90,11 +96,17 @@ class LocationMatcher:
             name as ``Location``. The match is the last regex that matched (its groups are
             ``$1``...), possibly a regex location's while a location nested in it was chosen.
         """
+        memo = self._memo
+        try:
+            return memo[uri]
+        except KeyError:
+            pass
         found = self._find(uri)
-        if found is None:
-            return None
-        loc, m, how = found
-        return loc, m, how is _REDIRECT
+        result = None if found is None else (found[0], found[1], found[2] is _REDIRECT)
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[uri] = result
+        return result
 
     def match(self, uri: str) -> tuple[Any, tuple[str | None, ...]] | None:
         """The location for ``uri`` and its regex captures, or ``None`` (see :meth:`lookup`)."""
@@ -178,6 +190,11 @@ class ServerSelector:
                     self.conflicts.append((name, server))
         self.head = sorted(heads.items(), key=lambda p: -len(p[0]))
         self.tail = sorted(tails.items(), key=lambda p: -len(p[0]))
+        #: the server every Host gets when names cannot choose another (one server on the
+        #: address, no regex names), else ``None``: then the Host need not be looked at
+        self.single = self.default if (
+            not self.regexes and all(s is self.default for s in
+                                     (*self.exact.values(), *heads.values(), *tails.values()))) else None
 
     def __repr__(self) -> str:
         return (f"<ServerSelector exact={len(self.exact)} head={len(self.head)} tail={len(self.tail)} "

@@ -17,6 +17,7 @@ import ipaddress
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from jwtgate.clock import SYSTEM_CLOCK, Clock
 
@@ -55,7 +56,7 @@ class Peer:
     total_fails: int = field(default=0, repr=False)
     unavail: int = field(default=0, repr=False)
 
-    @property
+    @cached_property
     def address(self) -> str:
         """``host:port`` as ``$upstream_addr`` shows it."""
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -121,6 +122,13 @@ class Balancer:
         than failing forever; so does this.
         """
         now = self.clock.monotonic()
+        if self.single and not exclude:
+            # The usual case, decided as the general path below would decide it.
+            p = self.primary[0]
+            if p.available(now):
+                if now - p.checked > p.fail_timeout:
+                    p.checked = now
+                return p
         method = self.method
         if method == "least_conn":
             peer = self._least_conn(exclude, now)
