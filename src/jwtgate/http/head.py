@@ -26,12 +26,16 @@ _UNIQUE = frozenset({"host", "authorization", "content_length", "transfer_encodi
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
 
 
-#: Hosts already found valid, and field names already mapped to their ``$http_*`` key
-#: ("" for a name NGINX ignores): a client sends the same few on every request. Bounded:
-#: past the bound, new ones are checked each time and not remembered.
+#: Hosts already found valid, and field names already mapped to their ``$http_*`` key and
+#: kind (below): a client sends the same few on every request. Bounded: past the bound,
+#: new ones are worked out each time and not remembered.
 _VALID_HOSTS: set[str] = set()
-_KEYS: dict[bytes, str] = {}
+_KEYS: dict[bytes, tuple[str, int]] = {}
 _MEMO_MAX = 1024
+
+# What read_head does with a field, by name: keep the first value; refuse a repeat; drop
+# the field; or look closer (Content-Length, Transfer-Encoding, Cookie).
+_PLAIN, _ONCE, _DROP, _SPECIAL = 0, 1, 2, 3
 
 
 def _valid_host(host: str) -> bool:
@@ -45,13 +49,19 @@ def _valid_host(host: str) -> bool:
     return ok
 
 
-def _key(name: bytes) -> str:
-    """The ``$http_*`` key of a field name (``X-Api-Key`` → ``x_api_key``); ``""`` for a name
-    holding ``_``, which NGINX's ``ignore_invalid_headers`` drops."""
-    key = "" if b"_" in name else name.decode("latin-1").lower().replace("-", "_")
+def _key(name: bytes) -> tuple[str, int]:
+    """The ``$http_*`` key of a field name (``X-Api-Key`` → ``x_api_key``) and what to do
+    with the field; a name holding ``_`` is dropped (NGINX's ``ignore_invalid_headers``)."""
+    if b"_" in name or not name:
+        entry = ("", _DROP)
+    else:
+        key = name.decode("latin-1").lower().replace("-", "_")
+        kind = (_SPECIAL if key in ("content_length", "transfer_encoding", "cookie")
+                else _ONCE if key in _UNIQUE else _PLAIN)
+        entry = (key, kind)
     if len(_KEYS) < _MEMO_MAX:
-        _KEYS[name] = key
-    return key
+        _KEYS[name] = entry
+    return entry
 
 
 @dataclass(slots=True)  # not frozen: a frozen init costs a setattr call per field, per request
@@ -116,30 +126,36 @@ def read_head(method: str, version: str, target: str,
     chunked = False
     keys = _KEYS
     for name, value in fields:
-        key = keys.get(name)
-        if key is None:
-            key = _key(name)
-        if not key:
+        entry = keys.get(name)
+        key, kind = entry if entry is not None else _key(name)
+        # Values: UTF-8 where they are; other octets kept as surrogate escapes, so that logs
+        # and upstream headers give back exactly the bytes the client sent.
+        if kind == _PLAIN:
+            if key not in http:
+                http[key] = value.decode("utf-8", "surrogateescape")
+        elif kind == _ONCE:
+            if key in http:
+                # Two Authorization or Host fields: which one would the upstream believe?
+                raise HTTPError(400, f"client sent duplicate header line: {name.decode('latin-1')}")
+            http[key] = value.decode("utf-8", "surrogateescape")
+        elif kind == _DROP:
             continue
-        # UTF-8 where it is; other octets kept as surrogate escapes, so that logs and
-        # upstream headers give back exactly the bytes the client sent.
-        sval = value.decode("utf-8", "surrogateescape")
-        if key in _UNIQUE and key in http:
-            # Two Authorization or Host fields: which one would the upstream believe?
-            raise HTTPError(400, f"client sent duplicate header line: {name.decode('latin-1')}")
-        if key == "content_length":
-            if content_length is not None or not value.isdigit():
-                raise HTTPError(400, "invalid Content-Length")
-            content_length = int(value)
-        elif key == "transfer_encoding":
-            if chunked or value.strip().lower() != b"chunked":
-                raise HTTPError(501, "unsupported Transfer-Encoding")
-            chunked = True
-        old = http.get(key)
-        if old is None:
-            http[key] = sval
         elif key == "cookie":
-            http[key] = old + "; " + sval
+            sval = value.decode("utf-8", "surrogateescape")
+            old = http.get(key)
+            http[key] = sval if old is None else old + "; " + sval
+        else:
+            if key in http:
+                raise HTTPError(400, f"client sent duplicate header line: {name.decode('latin-1')}")
+            if key == "content_length":
+                if not value.isdigit():
+                    raise HTTPError(400, "invalid Content-Length")
+                content_length = int(value)
+            elif value.strip().lower() != b"chunked":
+                raise HTTPError(501, "unsupported Transfer-Encoding")
+            else:
+                chunked = True
+            http[key] = value.decode("utf-8", "surrogateescape")
         headers.append((name, value))
     if chunked and content_length is not None:
         raise HTTPError(400, "both Content-Length and Transfer-Encoding")

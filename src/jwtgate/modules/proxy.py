@@ -658,11 +658,14 @@ class ProxyHandler:
             peer = balancer.pick(tried, key)
             if peer is None:
                 raise UpstreamError(502, f'no live upstreams while connecting to upstream "{group.name}"')
+            # $upstream_connect_time, $upstream_header_time count from here
+            attempt = time.monotonic() if tried or stale_retries < 2 else start
             tried.append(peer)
-            attempt = time.monotonic()  # $upstream_connect_time, $upstream_header_time
             conn = pool.acquire(peer, self.tls)
             reused = conn is not None
-            if conn is None:
+            if reused:
+                ctx.upstream_connect_time = 0.0  # a kept-alive connection: nothing to wait for
+            else:
                 try:
                     conn = await pool.connect(peer, self.connect_timeout, self.tls)
                 except UpstreamError as e:
@@ -671,7 +674,7 @@ class ProxyHandler:
                             self._may_retry(ctx, tried, start, sent=False, body_started=False):
                         continue
                     raise
-            ctx.upstream_connect_time = time.monotonic() - attempt
+                ctx.upstream_connect_time = time.monotonic() - attempt
             retried: list[int] = []
 
             def on_head(status: int, headers: list[tuple[bytes, bytes]], length: int | None) -> Any:

@@ -288,12 +288,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._count_head(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        ex = self.exchange
-        assert ex is not None
-        self._count_head(len(name) + len(value) + 4)
-        if len(ex.headers) >= 200:
+        headers = self.exchange.headers  # type: ignore[union-attr]
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.max_head:
+            raise UpstreamError(502, "upstream sent too big header", "invalid_header")
+        if len(headers) >= 200:
             raise UpstreamError(502, "upstream sent too many header fields", "invalid_header")
-        ex.headers.append((name, value))
+        headers.append((name, value))
 
     def _count_head(self, n: int) -> None:
         self._head_bytes += n
