@@ -54,6 +54,12 @@ class LocationPlan:
     file: str
     line: int
     auto_redirect: bool = False
+    #: ``(check or None, handler)`` for each of ``access``: a handler's synchronous ``check``
+    #: when it has one (see :data:`jwtgate.modules.base.DEFER`)
+    steps: tuple[tuple[Any, Any], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.steps = tuple((getattr(h, "check", None), h) for h in self.access)
 
     def __repr__(self) -> str:
         kind = f"{self.match.kind} " if self.match.kind not in ("", "@") else ""

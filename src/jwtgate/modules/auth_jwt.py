@@ -31,7 +31,7 @@ from jwtgate.jose.remote import DEFAULT_MIN_INTERVAL, DEFAULT_STALE, DEFAULT_TTL
 from jwtgate.jose.sources import FileKeyCache, KeyPool
 from jwtgate.jose.verify import DEFAULT_CACHE_SIZE, DEFAULT_MAX_TOKEN_SIZE, TOKEN_TYPES, Verifier
 from jwtgate.modules.auth_jwt_keys import DynamicKeyFile, KeyRequest, SubrequestFetch, resolve_key_request
-from jwtgate.modules.base import Module, Phase
+from jwtgate.modules.base import DEFER, Module, Phase
 
 __all__ = ["AuthJwtModule", "AuthJwtHandler"]
 
@@ -382,12 +382,24 @@ class AuthJwtHandler:
             return auth[7:].strip(" \t")  # type: ignore[no-any-return]
         return ""
 
-    async def __call__(self, ctx: Any) -> int | None:
+    def check(self, ctx: Any) -> Any:
+        """The access decision without a coroutine when no key source has to be waited
+        for (static key files): ``None`` to go on, or the status to answer; :data:`DEFER`
+        when ``await self(ctx)`` must decide (remote or per-request key sources)."""
+        if self.pool is not None:
+            return DEFER
         token = self.extract(ctx)
         if not token:
-            _outcome(ctx, "missing")
-            self._challenge(ctx, None)
-            return 401
+            return self._missing(ctx)
+        return self._decide(ctx, self.verifier, token)
+
+    async def __call__(self, ctx: Any) -> int | None:
+        """The access decision (rewrite-phase semantics of NGINX Plus ``auth_jwt``): ``None``
+        to go on; 401 (no, or an invalid, token), 403 (``auth_jwt_require ... error=403``) or
+        500 (keys cannot be loaded)."""
+        token = self.extract(ctx)
+        if not token:
+            return self._missing(ctx)
         verifier = self.verifier
         pool = self.pool
         if pool is not None:
@@ -399,6 +411,14 @@ class AuthJwtHandler:
                 log.error("JWT keys cannot be loaded: %s, client: %s", e, ctx.conn.remote_addr)
                 _outcome(ctx, "key_unavailable")
                 return 500
+        return self._decide(ctx, verifier, token)
+
+    def _missing(self, ctx: Any) -> int:
+        _outcome(ctx, "missing")
+        self._challenge(ctx, None)
+        return 401
+
+    def _decide(self, ctx: Any, verifier: Verifier, token: str) -> int | None:
         try:
             ctx.jwt = verifier.verify(token)
         except TokenError as e:

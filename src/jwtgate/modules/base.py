@@ -25,11 +25,16 @@ if TYPE_CHECKING:
     from jwtgate.conf.compiler import Build, Level
     from jwtgate.conf.tree import Directive
 
-__all__ = ["DONE", "Phase", "AccessHandler", "ContentHandler", "LogHandler", "Module", "Resource"]
+__all__ = ["DEFER", "DONE", "Phase", "AccessHandler", "ContentHandler", "LogHandler", "Module", "Resource"]
 
 
 #: Returned by a handler that has already sent the whole response.
 DONE = -1
+
+#: What an access handler's optional synchronous ``check(ctx)`` returns when this request
+#: needs the handler's coroutine after all (it must wait for something, e.g. a key fetch).
+#: Handlers with a ``check`` spare the common request a coroutine; see Dispatcher.
+DEFER = object()
 
 
 class Phase(enum.IntEnum):

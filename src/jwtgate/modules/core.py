@@ -391,7 +391,7 @@ def make_body_limit_handler(limit: int) -> Any:
     found, before any other phase): a declared ``Content-Length`` above it is 413 at once,
     a chunked body is cut with 413 when it grows past it."""
 
-    async def body_limit(ctx: Any) -> int | None:
+    def check(ctx: Any) -> int | None:
         body = ctx.body
         if body is None:
             return None
@@ -401,6 +401,10 @@ def make_body_limit_handler(limit: int) -> Any:
             return 413
         return None
 
+    async def body_limit(ctx: Any) -> int | None:
+        return check(ctx)
+
+    body_limit.check = check  # type: ignore[attr-defined]  # never waits: see modules.base.DEFER
     return body_limit
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from jwtgate.errors import HTTPError, UpstreamError
 from jwtgate.http.writer import encode_fields
+from jwtgate.modules.base import DEFER
 from jwtgate.modules.rewrite import redirect_to_location
 from jwtgate.modules.static import send_error_page
 from jwtgate.runtime.router import group_index
@@ -75,8 +76,11 @@ class Dispatcher:
                 if redirect:
                     redirect_to_location(ctx, loc.match.pattern)
                     return
-            for handler in loc.access:
-                status = await handler(ctx)
+            for check, handler in loc.steps:
+                # A handler that can decide without waiting does so without a coroutine.
+                status = check(ctx) if check is not None else DEFER
+                if status is DEFER:
+                    status = await handler(ctx)
                 if status is not None:
                     if status > 0:
                         await self._error(ctx, status)
