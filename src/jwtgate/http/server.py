@@ -476,6 +476,8 @@ class HttpProtocol(asyncio.Protocol):
         self.flow_listener: tuple[Callable[[], None], Callable[[], None]] | None = None
         self._bad = False
         self._in_head = False
+        #: a head began during this feed_data: client_header_timeout starts when it returns
+        self._head_new = False
         self.active = False
         #: the last request asked to switch protocols; ``upgrade_tail`` is what followed it
         self.upgrade_pending = False
@@ -716,6 +718,11 @@ class HttpProtocol(asyncio.Protocol):
                 if cause is not None:
                     log.error("request parsing failed: %r", cause)
                 self._reject(HTTPError(400, f"malformed request: {e}"))
+        else:
+            if self._head_new:
+                self._head_new = False
+                if self._in_head:
+                    self._set_timer(self._limits.client_header_timeout)
 
     def _reject(self, err: HTTPError) -> None:
         """A framing error: answer it in turn, then close; parse nothing more."""
@@ -741,7 +748,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.active:
             # A pipelined request: parse what was read, read no more until we catch up.
             self.pause_reading("pipeline")
-        self._set_timer(self._limits.client_header_timeout)
+        # client_header_timeout is armed after this feed_data, and only if the head is still
+        # incomplete then: most heads arrive whole, and need no timer at all.
+        self._head_new = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url

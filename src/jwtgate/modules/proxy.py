@@ -550,6 +550,8 @@ class ProxyHandler:
         if not self.own_fields:
             self.hide = self.hide - {b"server", b"date"}  # both come from the upstream then
         self.request_line_tail = f" HTTP/{self.version}\r\n".encode()
+        self.retry_statuses = self.next_upstream.statuses if self.next_upstream else frozenset()
+        self.keyed = group.balancer.method not in ("round_robin", "least_conn")
 
     def _template(self) -> list[Any]:
         """The header lines of ``set_headers`` as written per request: runs of lines whose
@@ -647,12 +649,12 @@ class ProxyHandler:
         pool = group.pool
         responder = ctx.responder
         body = ctx.body
-        has_body = body is not None and body.present and self.pass_body
-        key = group.balance_key(ctx) if balancer.method != "round_robin" and balancer.method != "least_conn" else ""
+        has_body = body is not None and (body.chunked or bool(body.length)) and self.pass_body
+        key = group.balance_key(ctx) if self.keyed else ""
         tried: list[Peer] = []
         start = time.monotonic()
         stale_retries = 2
-        retry_statuses = self.next_upstream.statuses if self.next_upstream else frozenset()
+        retry_statuses = self.retry_statuses
 
         while True:
             peer = balancer.pick(tried, key)

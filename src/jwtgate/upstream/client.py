@@ -83,7 +83,7 @@ class Exchange:
         self.parsed = False
         self.length: int | None = None
         self.chunked = False
-        self.last_read = time.monotonic()
+        self.last_read = 0.0  # set when the exchange begins on a connection
 
     def fail(self, err: UpstreamError) -> None:
         if not self.done.done() and not self.abandoned:

@@ -57,7 +57,10 @@ class ConnectionPool:
                 or conn.requests >= self.max_requests):
             conn.close()
             return
-        q = self._idle.setdefault((id(conn.peer), conn.tls_key), deque())
+        key = (id(conn.peer), conn.tls_key)
+        q = self._idle.get(key)
+        if q is None:
+            q = self._idle[key] = deque()
         if len(q) >= self.max_idle:
             q.popleft().close()
         conn.idle_since = time.monotonic()
