@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -241,3 +242,50 @@ server {{
     srv.close()
     for c in held:
         c.close()
+
+
+def test_upstream_times_are_listed_per_attempt_like_upstream_addr(gateway, upstream, tmp_path):
+    """NGINX keeps one $upstream_*_time per attempt, joined like $upstream_addr, with "-" for
+    what an attempt never reached (a refused connection has no connect or header time)."""
+    dead = Dead()
+    log = tmp_path / "times.log"
+    gw = gateway(conf(f"server 127.0.0.1:{dead.port}; server 127.0.0.1:{upstream.port};",
+                      f"access_log {log} times;").replace(
+        "upstream grp", "log_format times '$upstream_addr|$upstream_status|$upstream_response_time|"
+                        "$upstream_connect_time|$upstream_header_time';\nupstream grp", 1))
+    statuses = [request(gw.port, "GET", f"/t{i}").status for i in range(4)]
+    assert statuses == [200] * 4
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 4):
+        time.sleep(0.05)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 4
+    t = r"\d+\.\d{3}"
+    retried = [x for x in lines if ", " in x.split("|")[0]]
+    assert retried, lines  # round robin: some requests tried the dead server first
+    for line in retried:
+        addr, status, rt, ct, ht = line.split("|")
+        assert addr == f"127.0.0.1:{dead.port}, 127.0.0.1:{upstream.port}"
+        assert status == "502, 200"
+        assert re.fullmatch(f"{t}, {t}", rt), line
+        assert re.fullmatch(f"-, {t}", ct), line
+        assert re.fullmatch(f"-, {t}", ht), line
+    for line in lines:
+        if line not in retried:
+            addr, status, rt, ct, ht = line.split("|")
+            assert addr == f"127.0.0.1:{upstream.port}" and status == "200"
+            assert re.fullmatch(t, rt) and re.fullmatch(t, ct) and re.fullmatch(t, ht), line
+
+
+def test_a_single_refused_attempt_has_a_response_time_and_no_connect_or_header_time(gateway, tmp_path):
+    dead = Dead()
+    log = tmp_path / "times.log"
+    gw = gateway(conf(f"server 127.0.0.1:{dead.port};", f"access_log {log} times;").replace(
+        "upstream grp", "log_format times '$upstream_status|$upstream_response_time|"
+                        "$upstream_connect_time|$upstream_header_time';\nupstream grp", 1))
+    assert request(gw.port, "GET", "/x").status == 502
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (log.exists() and log.read_text().strip()):
+        time.sleep(0.05)
+    status, rt, ct, ht = log.read_text().strip().split("|")
+    assert status == "502" and re.fullmatch(r"\d+\.\d{3}", rt) and ct == "-" and ht == "-"

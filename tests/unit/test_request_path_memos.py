@@ -127,3 +127,31 @@ def test_upstream_times_are_kept_as_seconds_and_written_as_nginx_does():
     assert seconds_text(0.0123) == "0.012" and seconds_text(2.0) == "2.000"
     assert seconds_text("0.001, 0.004") == "0.001, 0.004"
     assert _seconds(0.25) == 0.25 and _seconds("0.001, 0.004") == 0.004 and _seconds("") is None
+
+
+def test_memos_hold_little_memory_whatever_clients_send(tmp_path, monkeypatch):
+    """Entries are bounded in number and in size: unique, huge field names, Hosts and URIs
+    (8 KB each, what large_client_header_buffers admits) must not pile up in a worker."""
+    import tracemalloc
+
+    monkeypatch.setattr(head_mod, "_KEYS", {})
+    monkeypatch.setattr(head_mod, "_VALID_HOSTS", set())
+    m = _matcher(tmp_path, "location / { return 200; } location ~ ^/r/(.+)$ { return 200 $1; }")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(3000):
+            read_head("GET", "1.1", "/", [(b"Host", b"h%d" % i + b"a" * 7000),
+                                          (b"X-" + b"n" * 7000 + b"%d" % i, b"v")])
+            m.lookup("/r/%d" % i + "a" * 8000)
+            m.lookup("/s/%d" % i + "b" * 8000)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert grown < 2_000_000, grown
+    for i in range(5000):  # short ones are remembered, up to the entry bound
+        read_head("GET", "1.1", "/", [(b"Host", b"h%d" % i), (b"X-N%d" % i, b"v")])
+        m.lookup("/p/%d" % i)
+    assert len(head_mod._KEYS) <= head_mod._MEMO_MAX and len(head_mod._VALID_HOSTS) <= head_mod._MEMO_MAX
+    assert m.lookup("/r/" + "z" * 9000)[1].group(1) == "z" * 9000  # long URIs still route

@@ -27,11 +27,14 @@ _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-
 
 
 #: Hosts already found valid, and field names already mapped to their ``$http_*`` key and
-#: kind (below): a client sends the same few on every request. Bounded: past the bound,
-#: new ones are worked out each time and not remembered.
+#: kind (below): a client sends the same few on every request. Bounded in entries (cleared
+#: when full) and in size (longer names and hosts are worked out each time), so what a
+#: client can make a worker keep here is under a megabyte.
 _VALID_HOSTS: set[str] = set()
 _KEYS: dict[bytes, tuple[str, int]] = {}
 _MEMO_MAX = 1024
+_MEMO_NAME_MAX = 64     # bytes of a field name worth remembering
+_MEMO_HOST_MAX = 255    # characters of a Host worth remembering (a DNS name and a port)
 
 # What read_head does with a field, by name: keep the first value; refuse a repeat; drop
 # the field; or look closer (Content-Length, Transfer-Encoding, Cookie).
@@ -44,7 +47,9 @@ def _valid_host(host: str) -> bool:
     if host in _VALID_HOSTS:
         return True
     ok = bool(host) and ".." not in host and _HOST.fullmatch(host) is not None
-    if ok and len(_VALID_HOSTS) < _MEMO_MAX:
+    if ok and len(host) <= _MEMO_HOST_MAX:
+        if len(_VALID_HOSTS) >= _MEMO_MAX:
+            _VALID_HOSTS.clear()
         _VALID_HOSTS.add(host)
     return ok
 
@@ -59,7 +64,9 @@ def _key(name: bytes) -> tuple[str, int]:
         kind = (_SPECIAL if key in ("content_length", "transfer_encoding", "cookie")
                 else _ONCE if key in _UNIQUE else _PLAIN)
         entry = (key, kind)
-    if len(_KEYS) < _MEMO_MAX:
+    if len(name) <= _MEMO_NAME_MAX:
+        if len(_KEYS) >= _MEMO_MAX:
+            _KEYS.clear()
         _KEYS[name] = entry
     return entry
 

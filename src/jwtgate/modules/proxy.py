@@ -655,6 +655,11 @@ class ProxyHandler:
         start = time.monotonic()
         stale_retries = 2
         retry_statuses = self.retry_statuses
+        # $upstream_{response,connect,header}_time of the attempts already over, as NGINX
+        # writes them ("0.001, -"); None while this is the first attempt (the usual case,
+        # whose times stay floats until read)
+        times: list[str] | None = None
+        ht: float | None = None
 
         while True:
             peer = balancer.pick(tried, key)
@@ -665,26 +670,35 @@ class ProxyHandler:
             tried.append(peer)
             conn = pool.acquire(peer, self.tls)
             reused = conn is not None
+            ht = None
             if reused:
-                ctx.upstream_connect_time = 0.0  # a kept-alive connection: nothing to wait for
+                ct = 0.0  # a kept-alive connection: nothing to wait for
             else:
                 try:
                     conn = await pool.connect(peer, self.connect_timeout, self.tls)
                 except UpstreamError as e:
                     self._failed(ctx, peer, e)
+                    times = _attempt_over(ctx, times, time.monotonic() - attempt, None, None)
                     if self.next_upstream and e.kind in self.next_upstream.kinds and \
                             self._may_retry(ctx, tried, start, sent=False, body_started=False):
                         continue
                     raise
-                ctx.upstream_connect_time = time.monotonic() - attempt
+                ct = time.monotonic() - attempt
+            if times is None:
+                ctx.upstream_connect_time = ct
+            else:
+                ctx.upstream_connect_time = _later(times[1], ct)
+                ctx.upstream_header_time = times[2]
             retried: list[int] = []
 
             def on_head(status: int, headers: list[tuple[bytes, bytes]], length: int | None) -> Any:
+                nonlocal ht
+                ht = time.monotonic() - attempt
                 if status in retry_statuses and self._may_retry(
                         ctx, tried, start, sent=True, body_started=has_body):
                     retried.append(status)
                     return _DISCARD
-                ctx.upstream_header_time = time.monotonic() - attempt
+                ctx.upstream_header_time = ht if times is None else _later(times[2], ht)
                 ctx.upstream_status = _append(ctx.upstream_status, str(status))
                 if status == 101:
                     if not responder.upgrade_pending:
@@ -717,6 +731,8 @@ class ProxyHandler:
                 if ex.head_seen and not retried:
                     # The response has started: the runner cuts the client connection.
                     log.error("%s while reading response from upstream, upstream: %s", e.reason, peer.address)
+                    rt = time.monotonic() - attempt
+                    ctx.upstream_response_time = rt if times is None else _later(times[0], rt)
                     raise
                 if reused and ex.received == 0 and not has_body and stale_retries > 0:
                     # A kept-alive connection the upstream had already closed: not a failure.
@@ -724,6 +740,7 @@ class ProxyHandler:
                     tried.pop()
                     continue
                 self._failed(ctx, peer, e)
+                times = _attempt_over(ctx, times, time.monotonic() - attempt, ct, ht)
                 if self.next_upstream and e.kind in self.next_upstream.kinds and \
                         self._may_retry(ctx, tried, start, sent=True, body_started=has_body):
                     continue
@@ -751,10 +768,12 @@ class ProxyHandler:
                 # An http_5xx answer passed on to the next server; 403/404/429 are not failures.
                 pool.release(conn, self.keep_alive and ex.keep_alive and ex.complete and body_sent)
                 ctx.upstream_status = _append(ctx.upstream_status, str(retried[0]))
+                times = _attempt_over(ctx, times, time.monotonic() - attempt, ct, ht)
                 if retried[0] >= 500:
                     balancer.failed(peer)
                 continue
-            ctx.upstream_response_time = time.monotonic() - start
+            rt = time.monotonic() - attempt
+            ctx.upstream_response_time = rt if times is None else _later(times[0], rt)
             pool.release(conn, self.keep_alive and ex.keep_alive and ex.complete and body_sent)
             balancer.succeeded(peer)
             responder.end()
@@ -810,6 +829,28 @@ def seconds_text(value: float | str) -> str:
     resolution (``"0.004"``); ``""`` when not measured. The proxy keeps the float and
     formats it only when a log or header reads it."""
     return value if value.__class__ is str else f"{value:.3f}"  # type: ignore[return-value]
+
+
+def _later(prev: str, value: float | None) -> str:
+    """``prev`` (earlier attempts' times, formatted) followed by this attempt's ``value``."""
+    return f"{prev}, {'-' if value is None else f'{value:.3f}'}"
+
+
+def _attempt_over(ctx: Any, times: list[str] | None, rt: float, ct: float | None,
+                  ht: float | None) -> list[str]:
+    """Fold one finished attempt's times (seconds; ``None`` when not reached: ``-``) into the
+    lists NGINX keeps per attempt, like ``$upstream_addr``, and show them on ``ctx``.
+
+    Returns:
+        ``[response, connect, header]`` times so far, each ``"0.003, -"``-style text.
+    """
+    if times is None:
+        times = [seconds_text(rt), "-" if ct is None else seconds_text(ct),
+                 "-" if ht is None else seconds_text(ht)]
+    else:
+        times = [_later(times[0], rt), _later(times[1], ct), _later(times[2], ht)]
+    ctx.upstream_response_time, ctx.upstream_connect_time, ctx.upstream_header_time = times
+    return times
 
 
 def _append(prev: str, value: str) -> str:

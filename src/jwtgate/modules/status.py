@@ -255,12 +255,13 @@ class StatsLogger:
             m.peer_requests.labels(group, addr, code_class(status), code or "-").inc()
         last = addrs[-1]
         labels = (group, last)
-        seconds = _seconds(ctx.upstream_response_time)
-        if seconds is not None:
-            m.upstream_time.labels(*labels).observe(seconds)
-        header = _seconds(ctx.upstream_header_time)
-        if header is not None:
-            m.upstream_header.labels(*labels).inc(header)
+        if len(addrs) - 1 not in failed:  # times of a peer that answered, not of a failed attempt
+            seconds = _seconds(ctx.upstream_response_time)
+            if seconds is not None:
+                m.upstream_time.labels(*labels).observe(seconds)
+            header = _seconds(ctx.upstream_header_time)
+            if header is not None:
+                m.upstream_header.labels(*labels).inc(header)
         m.peer_sent.labels(*labels).inc(ctx.request_length)
         m.peer_received.labels(*labels).inc(ctx.bytes_sent)
         m.peer_selected.labels(*labels).set(time.time())

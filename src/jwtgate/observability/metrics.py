@@ -156,8 +156,8 @@ class Metrics:
         self.limit_req = Counter("jwtgate_limit_req_decisions", "limit_req decisions by zone.",
                                  ["zone", "decision"], registry=r)
         self.upstream_time = Histogram(
-            "jwtgate_upstream_response_time_seconds", "Time from the first upstream attempt to the end of "
-            "the response ($upstream_response_time), by the peer that answered.", ["upstream", "peer"],
+            "jwtgate_upstream_response_time_seconds", "Time from the start of the attempt that answered "
+            "to the end of its response (the last $upstream_response_time), by that peer.", ["upstream", "peer"],
             buckets=TIME_BUCKETS, registry=r)
         self.upstream_header = Counter("jwtgate_upstream_header_time_seconds",
                                        "Sum of $upstream_header_time, by peer.", ["upstream", "peer"], registry=r)

@@ -39,7 +39,8 @@ __all__ = ["LocationMatcher", "ServerSelector"]
 _EXACT, _PREFIX, _REGEX, _REDIRECT = "exact", "prefix", "regex", "redirect"
 
 
-_MEMO_MAX = 4096
+_MEMO_MAX = 1024        # URIs remembered per LocationMatcher (cleared when full)
+_MEMO_URI_MAX = 256     # characters of a URI worth remembering: a memo stays under ~0.5 MB
 
 
 class LocationMatcher:
@@ -73,7 +74,8 @@ class LocationMatcher:
         # Longest first; equal lengths keep configuration order.
         self.prefixes.sort(key=lambda loc: -len(loc.match.pattern))
         #: lookup results by URI: clients ask for the same few paths again and again.
-        #: Cleared when full, so unique paths (hostile or not) cost a miss, not memory.
+        #: Cleared when full, and long URIs are not kept, so unique or huge paths (hostile
+        #: or not) cost a miss, not memory.
         self._memo: dict[str, tuple[Any, re.Match[str] | None, bool] | None] = {}
         # A node of NGINX's tree redirects when its exact or its prefix location does; the
         # exact one serves the redirect when both exist.
@@ -103,9 +105,10 @@ class LocationMatcher:
             pass
         found = self._find(uri)
         result = None if found is None else (found[0], found[1], found[2] is _REDIRECT)
-        if len(memo) >= _MEMO_MAX:
-            memo.clear()
-        memo[uri] = result
+        if len(uri) <= _MEMO_URI_MAX:
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            memo[uri] = result
         return result
 
     def match(self, uri: str) -> tuple[Any, tuple[str | None, ...]] | None:
