@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import json
 import os
 import pstats
 import statistics
@@ -30,6 +31,7 @@ from typing import Any
 
 import uvloop
 
+from jwtgate.errors import ConfigError
 from jwtgate.process.gateway import Gateway
 
 try:
@@ -216,7 +218,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"median {statistics.median(results):.2f} us/request (min {min(results):.2f}, max {max(results):.2f})")
 
 
-def cli() -> None:
+def cli() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="configuration (default: /api/ with auth_jwt, /open/ without)")
     p.add_argument("--jwks", default=os.path.expanduser("~/.cache/jwtgate-bench/material/jwks.json"),
@@ -230,17 +232,29 @@ def cli() -> None:
     p.add_argument("--profile", action="store_true", help="cProfile the last pass")
     p.add_argument("--sort", default="tottime")
     args = p.parse_args()
-    tmp = None
+    made: list[str] = []
     if args.config is None:
-        tmp = tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False)
-        tmp.write(DEFAULT_CONFIG.format(port=18099, jwks=args.jwks))
-        tmp.close()
-        args.config = tmp.name
+        if not os.path.exists(args.jwks):
+            # bench/run makes the material (keys, tokens); without it, /open/ still works.
+            print(f"micro.py: no JWK set at {args.jwks} (bench/run makes it, or pass --jwks); "
+                  "using a throwaway key: /api/ answers 401", file=sys.stderr)
+            with tempfile.NamedTemporaryFile("w", suffix=".jwk", delete=False) as jwk:
+                json.dump({"keys": [{"kty": "oct", "kid": "micro", "k": "bWljcm8tYmVuY2gta2V5LTMyLWJ5dGVzLWxvbmch"}]}, jwk)
+            made.append(jwk.name)
+            args.jwks = jwk.name
+        with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as conf:
+            conf.write(DEFAULT_CONFIG.format(port=18099, jwks=args.jwks))
+        made.append(conf.name)
+        args.config = conf.name
     try:
         uvloop.run(main(args))
+    except ConfigError as e:
+        print(f"micro.py: {e}", file=sys.stderr)
+        return 2
     finally:
-        if tmp is not None:
-            os.unlink(tmp.name)
+        for path in made:
+            os.unlink(path)
+    return 0
 
 
 if __name__ == "__main__":
