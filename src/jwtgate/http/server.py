@@ -37,6 +37,9 @@ CONNECTION_HOOK: Callable[[Any, bool], None] | None = None
 BODY_HIGH_WATER = 256 * 1024
 BODY_LOW_WATER = 64 * 1024
 
+#: HTTP/1.1 status lines by code, made once (a response head looks its line up directly)
+_STATUS_LINES = {code: status_line(code, "1.1") for code in range(100, 600)}
+
 
 class HttpLimits:
     """Client-side limits, with NGINX's directive names and defaults.
@@ -227,8 +230,8 @@ class Responder:
         no_body = status < 200 or status in (204, 304)
         if no_body:
             self.head_only = True
-        parts = ([status_line(status, "1.1"), b"Server: jwtgate\r\nDate: ", http_date(), b"\r\n"]
-                 if own_fields else [status_line(status, "1.1")])
+        line = _STATUS_LINES.get(status) or status_line(status, "1.1")
+        parts = [line, b"Server: jwtgate\r\nDate: ", http_date(), b"\r\n"] if own_fields else [line]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
         if no_body:

@@ -776,7 +776,8 @@ class ProxyHandler:
             ctx.upstream_response_time = rt if times is None else _later(times[0], rt)
             pool.release(conn, self.keep_alive and ex.keep_alive and ex.complete and body_sent)
             balancer.succeeded(peer)
-            responder.end()
+            if not responder.finished:  # (usually ended already, by the message's end)
+                responder.end()
             return
 
     def _failed(self, ctx: Any, peer: Peer, e: UpstreamError) -> None:

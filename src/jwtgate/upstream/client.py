@@ -284,8 +284,13 @@ class UpstreamConnection(asyncio.Protocol):
             # A second response to one request: the connection is out of step; drop it.
             raise UpstreamError(502, "upstream sent more data after the response", "invalid_header")
 
+    # Status line and fields count against max_head: NGINX's "upstream sent too big header"
+    # (proxy_buffer_size). Counted inline: these run for every line of every response.
+
     def on_status(self, status: bytes) -> None:
-        self._count_head(len(status))
+        self._head_bytes += len(status)
+        if self._head_bytes > self.max_head:
+            raise UpstreamError(502, "upstream sent too big header", "invalid_header")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self.exchange.headers  # type: ignore[union-attr]
@@ -295,12 +300,6 @@ class UpstreamConnection(asyncio.Protocol):
         if len(headers) >= 200:
             raise UpstreamError(502, "upstream sent too many header fields", "invalid_header")
         headers.append((name, value))
-
-    def _count_head(self, n: int) -> None:
-        self._head_bytes += n
-        if self._head_bytes > self.max_head:
-            # NGINX: "upstream sent too big header" (proxy_buffer_size).
-            raise UpstreamError(502, "upstream sent too big header", "invalid_header")
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
@@ -315,12 +314,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         ex.status = status
         for name, value in ex.headers:
-            lname = name.lower()
-            if lname == b"content-length":
+            n = len(name)  # only two names matter here; most fields are ruled out by length
+            if n == 14 and name.lower() == b"content-length":
                 if not value.isdigit():
                     raise UpstreamError(502, "upstream sent an invalid Content-Length")
                 ex.length = int(value)
-            elif lname == b"transfer-encoding":
+            elif n == 17 and name.lower() == b"transfer-encoding":
                 ex.chunked = b"chunked" in value.lower()
         if ex.chunked:
             ex.length = None
