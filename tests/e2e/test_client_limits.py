@@ -160,3 +160,15 @@ def test_client_max_body_size_413(gateway, upstream):
     gw = gateway(CONF.format(extra="client_max_body_size 10;"))
     assert request(gw.port, "POST", "/echo", body=b"x" * 10).status == 200
     assert request(gw.port, "POST", "/echo", body=b"x" * 11).status == 413
+
+
+def test_first_head_time_counts_from_the_accept(gateway, upstream):
+    """NGINX starts client_header_timeout when the connection is accepted and does not start
+    it again at the first byte: a client that waits, then trickles a head, gets one timeout."""
+    gw = gateway(CONF.format(extra="client_header_timeout 2s;"))
+    with socket.create_connection(("127.0.0.1", gw.port)) as s:
+        start = time.monotonic()
+        time.sleep(1.5)
+        s.sendall(b"GET /local HTTP/1.1\r\nHost: x\r\n")
+        assert _read_all(s) == b""
+        assert time.monotonic() - start < 3.0

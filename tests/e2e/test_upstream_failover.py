@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from jwtgate_e2e import free_port, request
+from jwtgate_e2e import SocketUpstream, free_port, request
 
 
 class Dead:
@@ -289,3 +289,45 @@ def test_a_single_refused_attempt_has_a_response_time_and_no_connect_or_header_t
         time.sleep(0.05)
     status, rt, ct, ht = log.read_text().strip().split("|")
     assert status == "502" and re.fullmatch(r"\d+\.\d{3}", rt) and ct == "-" and ht == "-"
+
+
+class CutAfterHead(SocketUpstream):
+    """Answers with a head announcing 100 bytes, sends 10, and closes."""
+
+    def serve(self, c: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+
+
+def test_a_response_cut_after_its_head_is_listed_with_the_peer_that_sent_it(gateway, tmp_path):
+    """The attempt that answered (then broke off) is in $upstream_addr, as in every other
+    list, so the entries line up (and statistics count the right peer)."""
+    dead = Dead()
+    cut = CutAfterHead()
+    log = tmp_path / "cut.log"
+    try:
+        gw = gateway(conf(f"server 127.0.0.1:{dead.port} max_fails=0; server 127.0.0.1:{cut.port} max_fails=0;",
+                          f"access_log {log} cut;").replace(
+            "upstream grp", "log_format cut '$upstream_addr|$upstream_status|$upstream_response_time|"
+                            "$upstream_connect_time|$upstream_header_time';\nupstream grp", 1))
+        for i in range(2):
+            try:
+                request(gw.port, "GET", f"/c{i}")
+            except Exception:
+                pass  # the client connection is cut mid-body, as NGINX does
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 2):
+            time.sleep(0.05)
+        lines = log.read_text().splitlines()
+        assert len(lines) == 2, lines
+        for line in lines:
+            fields = line.split("|")
+            assert fields[0].endswith(f"127.0.0.1:{cut.port}"), line
+            assert len({len(f.split(", ")) for f in fields}) == 1, line  # every list lines up
+    finally:
+        cut.close()

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import socket
+import time
 
 from jwtgate_e2e import POST_TOKEN, SocketUpstream
 
@@ -144,5 +145,44 @@ def test_idle_tunnel_closes_after_read_timeout(gateway):
                     break
                 data += chunk
             assert data == b"hello"  # then closed by the 2 s idle timeout
+    finally:
+        ws.close()
+
+
+def test_tunnel_response_time_runs_until_it_closes_and_lists_every_attempt(gateway, tmp_path):
+    """NGINX: an upgraded connection's $upstream_response_time runs until the tunnel closes;
+    after a refused first peer it is listed per attempt, like $upstream_addr."""
+    from jwtgate_e2e import free_port
+    ws = EchoWebSocketServer()
+    dead = free_port()
+    log = tmp_path / "ws.log"
+    try:
+        gw = gateway(f"""
+log_format ws '$upstream_addr|$upstream_status|$upstream_response_time';
+upstream pair {{ server 127.0.0.1:{dead} max_fails=0; server 127.0.0.1:{ws.port} max_fails=0; }}
+server {{
+    listen 127.0.0.1:{{port}};
+    location /ws/ {{
+        proxy_pass http://pair;
+        {UPGRADE_HEADERS}
+        access_log {log} ws;
+    }}
+}}
+""")
+        for i in range(2):  # round robin: one of the two starts with the refused peer
+            s, head = handshake(gw.port, f"/ws/{i}")
+            with s:
+                assert head.startswith(b"HTTP/1.1 101 ")
+                time.sleep(0.3)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 2):
+            time.sleep(0.05)
+        lines = log.read_text().splitlines()
+        assert len(lines) == 2, lines
+        for line in lines:
+            addr, status, rt = line.split("|")
+            assert len(addr.split(", ")) == len(status.split(", ")) == len(rt.split(", ")), line
+            assert float(rt.split(", ")[-1]) >= 0.25, line  # the tunnel was open 0.3 s
+        assert any(line.startswith(f"127.0.0.1:{dead}, ") for line in lines), lines
     finally:
         ws.close()

@@ -724,7 +724,10 @@ class HttpProtocol(asyncio.Protocol):
         else:
             if self._head_new:
                 self._head_new = False
-                if self._in_head:
+                # The first head's time counts from the accept, not from its first byte
+                # (NGINX), so a client cannot hold a new connection for two timeouts.
+                if self._in_head and not (self.conn is not None and self.conn.requests == 0
+                                          and self._deadline is not None):
                     self._set_timer(self._limits.client_header_timeout)
 
     def _reject(self, err: HTTPError) -> None:

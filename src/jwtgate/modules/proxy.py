@@ -731,6 +731,7 @@ class ProxyHandler:
                 if ex.head_seen and not retried:
                     # The response has started: the runner cuts the client connection.
                     log.error("%s while reading response from upstream, upstream: %s", e.reason, peer.address)
+                    ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)  # it answered
                     rt = time.monotonic() - attempt
                     ctx.upstream_response_time = rt if times is None else _later(times[0], rt)
                     raise
@@ -763,6 +764,9 @@ class ProxyHandler:
                 finally:
                     peer.active -= 1
                     tunnel.close()
+                    # NGINX: an upgraded connection's response time runs until it closes.
+                    rt = time.monotonic() - attempt
+                    ctx.upstream_response_time = rt if times is None else _later(times[0], rt)
                 return
             if retried:
                 # An http_5xx answer passed on to the next server; 403/404/429 are not failures.
