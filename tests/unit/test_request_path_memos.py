@@ -136,13 +136,14 @@ def test_memos_hold_little_memory_whatever_clients_send(tmp_path, monkeypatch):
 
     monkeypatch.setattr(head_mod, "_KEYS", {})
     monkeypatch.setattr(head_mod, "_VALID_HOSTS", set())
+    monkeypatch.setattr(head_mod, "_TARGETS", {})
     m = _matcher(tmp_path, "location / { return 200; } location ~ ^/r/(.+)$ { return 200 $1; }")
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
         for i in range(3000):
-            read_head("GET", "1.1", "/", [(b"Host", b"h%d" % i + b"a" * 7000),
-                                          (b"X-" + b"n" * 7000 + b"%d" % i, b"v")])
+            read_head("GET", "1.1", "/t/%d" % i + "t" * 7000, [(b"Host", b"h%d" % i + b"a" * 7000),
+                                                           (b"X-" + b"n" * 7000 + b"%d" % i, b"v")])
             m.lookup("/r/%d" % i + "a" * 8000)
             m.lookup("/s/%d" % i + "b" * 8000)
         after = tracemalloc.take_snapshot()
@@ -155,3 +156,19 @@ def test_memos_hold_little_memory_whatever_clients_send(tmp_path, monkeypatch):
         m.lookup("/p/%d" % i)
     assert len(head_mod._KEYS) <= head_mod._MEMO_MAX and len(head_mod._VALID_HOSTS) <= head_mod._MEMO_MAX
     assert m.lookup("/r/" + "z" * 9000)[1].group(1) == "z" * 9000  # long URIs still route
+
+
+def test_target_memo_gives_what_splitting_gives_and_keeps_checking_the_method(monkeypatch):
+    monkeypatch.setattr(head_mod, "_TARGETS", {})
+    for _ in range(2):  # the second time from the memo
+        head = read_head("GET", "1.1", "/a/../b//c?x=1&y=%41", [(b"Host", b"h")])
+        assert (head.uri, head.args, head.target) == ("/b/c", "x=1&y=%41", "/a/../b//c?x=1&y=%41")
+        head = read_head("GET", "1.1", "http://Other.Example:8080/p?q", [(b"Host", b"h")])
+        assert (head.http["host"], head.uri, head.args) == ("other.example", "/p", "q")
+        assert read_head("OPTIONS", "1.1", "*", [(b"Host", b"h")]).uri == "*"
+        with pytest.raises(HTTPError):
+            read_head("GET", "1.1", "*", [(b"Host", b"h")])  # asterisk-form outside OPTIONS
+        for bad in ("/%zz", "/../x", "/a#b", "x"):
+            with pytest.raises(HTTPError):
+                read_head("GET", "1.1", bad, [(b"Host", b"h")])
+    assert "/%zz" not in head_mod._TARGETS and "/a/../b//c?x=1&y=%41" in head_mod._TARGETS

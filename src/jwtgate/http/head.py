@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from jwtgate.errors import HTTPError
 from jwtgate.http.uri import normalize_path, split_target
 
-__all__ = ["RequestHead", "read_head"]
+__all__ = ["RequestHead", "parse_head", "read_head"]
 
 
 #: Fields NGINX accepts once only (ngx_http_process_unique_header_line); a repeat is 400.
@@ -35,6 +35,9 @@ _KEYS: dict[bytes, tuple[str, int]] = {}
 _MEMO_MAX = 1024
 _MEMO_NAME_MAX = 64     # bytes of a field name worth remembering
 _MEMO_HOST_MAX = 255    # characters of a Host worth remembering (a DNS name and a port)
+#: request-targets already split and normalised: ``target -> (host, path, query, uri)``
+_TARGETS: dict[str, tuple[str, str, str, str]] = {}
+_MEMO_TARGET_MAX = 256  # characters of a request-target worth remembering
 
 # What read_head does with a field, by name: keep the first value; refuse a repeat; drop
 # the field; or look closer (Content-Length, Transfer-Encoding, Cookie).
@@ -121,12 +124,28 @@ def read_head(method: str, version: str, target: str,
             without ``Host``;
             501 for a ``Transfer-Encoding`` other than ``chunked``.
     """
+    return RequestHead(*parse_head(method, version, target, fields))
+
+
+def parse_head(method: str, version: str, target: str, fields: Iterable[tuple[bytes, bytes]]) -> tuple[
+        str, str, str, str, str, list[tuple[bytes, bytes]], dict[str, str], int | None, bool]:
+    """:func:`read_head` as a plain tuple, in :class:`RequestHead`'s field order (the HTTP
+    server's path: it copies the fields into its request context at once). Same checks,
+    same errors."""
     if version not in ("1.1", "1.0"):
         raise HTTPError(505, "HTTP version not supported")
-    host, path, query = split_target(target)
+    split = _TARGETS.get(target)
+    if split is None:
+        host, path, query = split_target(target)
+        uri = normalize_path(path) if path != "*" else "*"
+        if len(target) <= _MEMO_TARGET_MAX:
+            if len(_TARGETS) >= _MEMO_MAX:
+                _TARGETS.clear()
+            _TARGETS[target] = (host, path, query, uri)
+    else:
+        host, path, query, uri = split
     if path == "*" and method != "OPTIONS":
         raise HTTPError(400, "asterisk-form outside OPTIONS")
-    uri = normalize_path(path) if path != "*" else "*"
     headers: list[tuple[bytes, bytes]] = []
     http: dict[str, str] = {}
     content_length: int | None = None
@@ -176,4 +195,4 @@ def read_head(method: str, version: str, target: str,
     if "host" in http and not _valid_host(http["host"]):
         # ngx_http_validate_host: the Host picks the server and may be echoed in a Location.
         raise HTTPError(400, "client sent invalid host header")
-    return RequestHead(method, version, target, uri, query, headers, http, content_length, chunked)
+    return method, version, target, uri, query, headers, http, content_length, chunked

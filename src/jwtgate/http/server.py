@@ -19,7 +19,7 @@ from typing import Any
 import httptools
 
 from jwtgate.errors import HTTPError
-from jwtgate.http.head import read_head
+from jwtgate.http.head import parse_head
 from jwtgate.http.tunnel import Tunnel
 from jwtgate.http.writer import chunk, error_body, http_date, status_line
 from jwtgate.runtime.context import ConnectionInfo, RequestContext
@@ -36,6 +36,9 @@ CONNECTION_HOOK: Callable[[Any, bool], None] | None = None
 #: Pause reading the client when this many body bytes wait unread; resume below the low mark.
 BODY_HIGH_WATER = 256 * 1024
 BODY_LOW_WATER = 64 * 1024
+
+#: method names as str, for the usual methods (others are decoded per request)
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 #: HTTP/1.1 status lines by code, made once (a response head looks its line up directly)
 _STATUS_LINES = {code: status_line(code, "1.1") for code in range(100, 600)}
@@ -790,13 +793,14 @@ class HttpProtocol(asyncio.Protocol):
         self._next()
 
     def _make_context(self, parser: Any) -> tuple[RequestContext, RequestBody]:
-        head = read_head(parser.get_method().decode("ascii"), parser.get_http_version(),
-                         self._url.decode("latin-1"), self._headers)
-        ctx = RequestContext(self.conn, head.method, head.target, head.uri, head.args,  # type: ignore[arg-type]
-                             head.version, head.headers, head.http)
+        method = parser.get_method()
+        method, version, target, uri, args, headers, http, length, chunked = parse_head(
+            _METHODS.get(method) or method.decode("ascii"), parser.get_http_version(),
+            self._url.decode("latin-1"), self._headers)
+        ctx = RequestContext(self.conn, method, target, uri, args, version, headers, http)  # type: ignore[arg-type]
         ctx.request_length = self._head_bytes + len(self._url)
-        body = RequestBody(self, head.content_length, head.chunked)
-        if head.version == "1.1" and head.http.get("expect", "").lower() == "100-continue":
+        body = RequestBody(self, length, chunked)
+        if version == "1.1" and "expect" in http and http["expect"].lower() == "100-continue":
             body.expect_continue = True
         ctx.body = body
         return ctx, body
