@@ -264,3 +264,29 @@ def test_http_level_certificate_is_inherited_and_shared(tmp_path, pki):
     # one context for one setting
     assert plan.tls[("127.0.0.1", 1)] is plan.tls[("127.0.0.1", 2)]
     assert plan.tls_context("127.0.0.1", 3) is None
+
+
+def test_handshake_and_first_head_share_one_client_header_timeout(gateway, upstream, pki):
+    """NGINX times the TLS handshake and the first request head together, from the accept:
+    a client that handshakes late and then sends half a head gets one timeout, not two."""
+    gw = gateway(_server(NAMES[0], extra="client_header_timeout 2s;", default=True))
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw:
+        start = time.monotonic()
+        time.sleep(1.2)
+        with _client_context(pki).wrap_socket(raw, server_hostname=NAMES[0]) as tls:
+            tls.sendall(b"GET /whoami HTTP/1.1\r\nHost: a")
+            data = b""
+            try:
+                while chunk := tls.recv(4096):
+                    data += chunk
+            except (ConnectionResetError, ssl.SSLError):
+                pass
+            elapsed = time.monotonic() - start
+    assert b"HTTP/" not in data
+    assert elapsed < 2.9, elapsed
+    # a handshake and a whole request in time are served
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw:
+        time.sleep(1.0)
+        with _client_context(pki).wrap_socket(raw, server_hostname=NAMES[0]) as tls:
+            tls.sendall(b"GET /whoami HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200")

@@ -331,3 +331,40 @@ def test_a_response_cut_after_its_head_is_listed_with_the_peer_that_sent_it(gate
             assert len({len(f.split(", ")) for f in fields}) == 1, line  # every list lines up
     finally:
         cut.close()
+
+
+class SwitchesUnasked(SocketUpstream):
+    """Answers every request with 101 Switching Protocols, asked or not."""
+
+    def serve(self, c: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        c.recv(100)
+
+
+def test_an_unasked_101_is_an_invalid_answer_counted_and_retried(gateway, upstream, tmp_path):
+    """101 to a request that asked for no upgrade is an invalid header (502), not a started
+    response: the peer is listed with 502 and proxy_next_upstream invalid_header moves on."""
+    bad = SwitchesUnasked()
+    log = tmp_path / "u.log"
+    try:
+        gw = gateway(conf(f"server 127.0.0.1:{bad.port} max_fails=0; server 127.0.0.1:{upstream.port} max_fails=0;",
+                          f"proxy_next_upstream error invalid_header; access_log {log} u;").replace(
+            "upstream grp", "log_format u '$status|$upstream_addr|$upstream_status';\nupstream grp", 1))
+        assert [request(gw.port, "GET", f"/u{i}").status for i in range(2)] == [200, 200]
+        alone = gateway(conf(f"server 127.0.0.1:{bad.port};", f"access_log {log} u;").replace(
+            "upstream grp", "log_format u '$status|$upstream_addr|$upstream_status';\nupstream grp", 1))
+        assert request(alone.port, "GET", "/a").status == 502
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 3):
+            time.sleep(0.05)
+        lines = log.read_text().splitlines()
+        assert f"200|127.0.0.1:{bad.port}, 127.0.0.1:{upstream.port}|502, 200" in lines, lines
+        assert f"502|127.0.0.1:{bad.port}|502" in lines, lines
+    finally:
+        bad.close()

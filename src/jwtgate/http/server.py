@@ -442,10 +442,14 @@ class HttpProtocol(asyncio.Protocol):
         https: whether the connection is TLS (``$https``, ``$scheme``).
         plain_on_https: a plain HTTP connection to a TLS port: every request is answered 400
             "The plain HTTP request was sent to HTTPS port", as NGINX does.
+        accepted: the loop time (seconds) the connection was accepted, when that was before
+            this protocol was made (a TLS listener sniffs and handshakes first); the TLS
+            handshake and the first head share one ``client_header_timeout`` from it.
     """
 
     def __init__(self, handler: Handler, limits: HttpLimits, counter: list[int], https: bool = False,
-                 on_close: Callable[[HttpProtocol], None] | None = None, plain_on_https: bool = False) -> None:
+                 on_close: Callable[[HttpProtocol], None] | None = None, plain_on_https: bool = False,
+                 accepted: float | None = None) -> None:
         self._handler = handler
         self._plain_on_https = plain_on_https
         self._limits = limits
@@ -468,6 +472,9 @@ class HttpProtocol(asyncio.Protocol):
         self._paused: set[str] = set()
         self._closing = False
         self._loop = asyncio.get_running_loop()
+        #: loop time of the accept: the first client_header_timeout counts from there (the
+        #: TLS listener gives it; connection_made comes after the handshake)
+        self._accepted = accepted if accepted is not None else self._loop.time()
         #: this loop's write batch: responses go out together at the end of the loop's turn
         self._batch = batch_for(self._loop)
         self._timer: asyncio.TimerHandle | None = None
@@ -506,7 +513,10 @@ class HttpProtocol(asyncio.Protocol):
         self.conn = ConnectionInfo((str(peer[0]), int(peer[1]) if len(peer) > 1 else 0),
                                    (str(local[0]), int(local[1]) if len(local) > 1 else 0),
                                    self._counter[0], self._https)
-        self._set_timer(self._limits.client_header_timeout)
+        # NGINX: the TLS handshake and the first head share one client_header_timeout.
+        self._body_timing = False
+        self._deadline = when = self._accepted + self._limits.client_header_timeout
+        self._arm(when)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True

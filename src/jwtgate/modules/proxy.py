@@ -698,11 +698,13 @@ class ProxyHandler:
                         ctx, tried, start, sent=True, body_started=has_body):
                     retried.append(status)
                     return _DISCARD
+                if status == 101 and not responder.upgrade_pending:
+                    # An invalid answer, like a bad header: 502, counted against the peer and
+                    # retried under proxy_next_upstream invalid_header; nothing was sent yet.
+                    raise UpstreamError(502, "upstream switched protocols unasked", "invalid_header")
                 ctx.upstream_header_time = ht if times is None else _later(times[2], ht)
                 ctx.upstream_status = _append(ctx.upstream_status, str(status))
                 if status == 101:
-                    if not responder.upgrade_pending:
-                        raise UpstreamError(502, "upstream switched protocols unasked", "invalid_header")
                     responder.switch_protocols([(n, v) for n, v in headers if n.lower() not in _HIDE_101
                                                 and valid_field_value(v)])
                     return responder
@@ -728,7 +730,7 @@ class ProxyHandler:
                 ex.abandoned = True
                 conn.abort()
                 pool.release(conn, False)
-                if ex.head_seen and not retried:
+                if ex.head_seen and not retried and responder.started:
                     # The response has started: the runner cuts the client connection.
                     log.error("%s while reading response from upstream, upstream: %s", e.reason, peer.address)
                     ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)  # it answered

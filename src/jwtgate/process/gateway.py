@@ -70,11 +70,12 @@ class Gateway:
 
     # -- sockets ----------------------------------------------------------------------
 
-    def _factory(self, addr: tuple[str, int], https: bool = False, plain_on_https: bool = False) -> Any:
+    def _factory(self, addr: tuple[str, int], https: bool = False, plain_on_https: bool = False,
+                 accepted: float | None = None) -> Any:
         def make() -> HttpProtocol:
             proto = HttpProtocol(self.dispatcher, self.plan.limits.get(addr) or next(iter(self.plan.limits.values())),
                                  self._counter, https=https, on_close=self.connections.discard,
-                                 plain_on_https=plain_on_https)
+                                 plain_on_https=plain_on_https, accepted=accepted)
             self.connections.add(proto)
             return proto
         return make
@@ -263,6 +264,9 @@ class TlsListener:
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         self._waiting: dict[socket.socket, asyncio.TimerHandle] = {}
+        #: loop time of each accept: the handshake and the first head share one
+        #: client_header_timeout from there (NGINX)
+        self._accept_times: dict[socket.socket, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._loop.add_reader(sock.fileno(), self._accept)
@@ -290,11 +294,13 @@ class TlsListener:
                 pass
             timer = self._loop.call_later(self._limits().client_header_timeout, self._drop, conn)
             self._waiting[conn] = timer
+            self._accept_times[conn] = self._loop.time()
             self._loop.add_reader(conn.fileno(), self._sniff, conn, str(peer[0]))
 
     def _drop(self, conn: socket.socket) -> None:
         """Nothing arrived within client_header_timeout (or the listener closes)."""
         timer = self._waiting.pop(conn, None)
+        self._accept_times.pop(conn, None)
         if timer is not None:
             timer.cancel()
         try:
@@ -311,29 +317,32 @@ class TlsListener:
         except OSError:
             first = b""
         timer = self._waiting.pop(conn, None)
+        accepted = self._accept_times.pop(conn, self._loop.time())
         if timer is not None:
             timer.cancel()
         self._loop.remove_reader(conn.fileno())
         if not first:
             conn.close()
             return
-        task = self._loop.create_task(self._start(conn, peer, first[0] in (0x16, 0x80)))
+        task = self._loop.create_task(self._start(conn, peer, first[0] in (0x16, 0x80), accepted))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _start(self, conn: socket.socket, peer: str, tls: bool) -> None:
+    async def _start(self, conn: socket.socket, peer: str, tls: bool, accepted: float) -> None:
         # NGINX decides per local address: a plain address under a TLS wildcard bind is
         # served plain; a TLS address answers plain HTTP with 400.
         address_context = self._gateway.plan.tls_context(*self._local(conn))
         context = address_context if tls else None
         plain_on_https = address_context is not None and not tls
-        factory = self._gateway._factory(self._addr, https=context is not None, plain_on_https=plain_on_https)
+        factory = self._gateway._factory(self._addr, https=context is not None, plain_on_https=plain_on_https,
+                                         accepted=accepted)
         try:
             if context is None:
                 await self._loop.connect_accepted_socket(factory, conn)
             else:
+                left = self._limits().client_header_timeout - (self._loop.time() - accepted)
                 await self._loop.connect_accepted_socket(
-                    factory, conn, ssl=context, ssl_handshake_timeout=self._limits().client_header_timeout)
+                    factory, conn, ssl=context, ssl_handshake_timeout=max(0.001, left))
         except asyncio.CancelledError:
             conn.close()
             raise
