@@ -369,6 +369,18 @@ class _Server(ThreadingHTTPServer):
 
 
 
+def recv_head(c: socket.socket) -> bytes | None:
+    """Read from ``c`` until a whole HTTP head has arrived: the bytes read (the head, its
+    blank line and whatever came with them), or ``None`` if the peer closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(4096)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 class SocketUpstream:
     """A raw-socket upstream on 127.0.0.1 for tests that need byte-level control: a thread
     accepts connections and runs :meth:`serve` for each in its own thread. Subclasses

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from jwtgate_e2e import SocketUpstream, free_port, request
+from jwtgate_e2e import SocketUpstream, free_port, recv_head, request, wait_until
 
 
 class Dead:
@@ -255,9 +255,7 @@ def test_upstream_times_are_listed_per_attempt_like_upstream_addr(gateway, upstr
                         "$upstream_connect_time|$upstream_header_time';\nupstream grp", 1))
     statuses = [request(gw.port, "GET", f"/t{i}").status for i in range(4)]
     assert statuses == [200] * 4
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 4):
-        time.sleep(0.05)
+    wait_until(lambda: log.exists() and log.read_text().count("\n") >= 4, what="4 log lines")
     lines = log.read_text().splitlines()
     assert len(lines) == 4
     t = r"\d+\.\d{3}"
@@ -284,9 +282,7 @@ def test_a_single_refused_attempt_has_a_response_time_and_no_connect_or_header_t
         "upstream grp", "log_format times '$upstream_status|$upstream_response_time|"
                         "$upstream_connect_time|$upstream_header_time';\nupstream grp", 1))
     assert request(gw.port, "GET", "/x").status == 502
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not (log.exists() and log.read_text().strip()):
-        time.sleep(0.05)
+    wait_until(lambda: log.exists() and log.read_text().strip(), what="a log line")
     status, rt, ct, ht = log.read_text().strip().split("|")
     assert status == "502" and re.fullmatch(r"\d+\.\d{3}", rt) and ct == "-" and ht == "-"
 
@@ -295,12 +291,8 @@ class CutAfterHead(SocketUpstream):
     """Answers with a head announcing 100 bytes, sends 10, and closes."""
 
     def serve(self, c: socket.socket) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = c.recv(4096)
-            if not chunk:
-                return
-            data += chunk
+        if recv_head(c) is None:
+            return
         c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
 
 
@@ -320,9 +312,7 @@ def test_a_response_cut_after_its_head_is_listed_with_the_peer_that_sent_it(gate
                 request(gw.port, "GET", f"/c{i}")
             except Exception:
                 pass  # the client connection is cut mid-body, as NGINX does
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 2):
-            time.sleep(0.05)
+        wait_until(lambda: log.exists() and log.read_text().count("\n") >= 2, what="2 log lines")
         lines = log.read_text().splitlines()
         assert len(lines) == 2, lines
         for line in lines:
@@ -337,12 +327,8 @@ class SwitchesUnasked(SocketUpstream):
     """Answers every request with 101 Switching Protocols, asked or not."""
 
     def serve(self, c: socket.socket) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = c.recv(4096)
-            if not chunk:
-                return
-            data += chunk
+        if recv_head(c) is None:
+            return
         c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
         c.recv(100)
 
@@ -360,9 +346,7 @@ def test_an_unasked_101_is_an_invalid_answer_counted_and_retried(gateway, upstre
         alone = gateway(conf(f"server 127.0.0.1:{bad.port};", f"access_log {log} u;").replace(
             "upstream grp", "log_format u '$status|$upstream_addr|$upstream_status';\nupstream grp", 1))
         assert request(alone.port, "GET", "/a").status == 502
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 3):
-            time.sleep(0.05)
+        wait_until(lambda: log.exists() and log.read_text().count("\n") >= 3, what="3 log lines")
         lines = log.read_text().splitlines()
         assert f"200|127.0.0.1:{bad.port}, 127.0.0.1:{upstream.port}|502, 200" in lines, lines
         assert f"502|127.0.0.1:{bad.port}|502" in lines, lines

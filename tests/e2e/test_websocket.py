@@ -8,7 +8,7 @@ import os
 import socket
 import time
 
-from jwtgate_e2e import POST_TOKEN, SocketUpstream
+from jwtgate_e2e import POST_TOKEN, SocketUpstream, free_port, recv_head, wait_until
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -21,12 +21,9 @@ class EchoWebSocketServer(SocketUpstream):
         super().__init__()
 
     def serve(self, c: socket.socket) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = c.recv(4096)
-            if not chunk:
-                return
-            data += chunk
+        data = recv_head(c)
+        if data is None:
+            return
         head, _, rest = data.partition(b"\r\n\r\n")
         self.heads.append(head)
         fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
@@ -152,7 +149,6 @@ def test_idle_tunnel_closes_after_read_timeout(gateway):
 def test_tunnel_response_time_runs_until_it_closes_and_lists_every_attempt(gateway, tmp_path):
     """NGINX: an upgraded connection's $upstream_response_time runs until the tunnel closes;
     after a refused first peer it is listed per attempt, like $upstream_addr."""
-    from jwtgate_e2e import free_port
     ws = EchoWebSocketServer()
     dead = free_port()
     log = tmp_path / "ws.log"
@@ -174,9 +170,7 @@ server {{
             with s:
                 assert head.startswith(b"HTTP/1.1 101 ")
                 time.sleep(0.3)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 2):
-            time.sleep(0.05)
+        wait_until(lambda: log.exists() and log.read_text().count("\n") >= 2, what="2 log lines")
         lines = log.read_text().splitlines()
         assert len(lines) == 2, lines
         for line in lines:

@@ -10,10 +10,30 @@ from inproc import plan_of, serve
 from jwtgate.errors import HTTPError
 from jwtgate.http import head as head_mod
 from jwtgate.http.head import read_head
+from jwtgate.memo import remember
 from jwtgate.modules.proxy import seconds_text
 from jwtgate.modules.status import _seconds
 from jwtgate.runtime.context import ConnectionInfo, RequestContext
 from jwtgate.runtime.router import _MEMO_MAX, LocationMatcher
+
+
+def _fresh(monkeypatch, *names: str) -> None:
+    """Empty head.py memos for the length of a test."""
+    for name in names:
+        monkeypatch.setattr(head_mod, name, {})
+
+
+def test_memo_clears_when_full_and_never_keeps_long_keys():
+    memo: dict = {}
+    for key in ("a", "b", "c"):
+        remember(memo, key, key.upper(), 3, 4)
+    assert memo == {"a": "A", "b": "B", "c": "C"}
+    remember(memo, "d", "D", 3, 4)  # full: cleared first, then kept
+    assert memo == {"d": "D"}
+    remember(memo, "long!", 1, 3, 4)
+    assert "long!" not in memo and len(memo) == 1
+    remember(memo, ("x" * 100, 1), True, 3)  # no key bound
+    assert ("x" * 100, 1) in memo
 
 
 def _matcher(tmp_path, locations: str) -> LocationMatcher:
@@ -56,7 +76,7 @@ def test_single_server_selector_skips_host_only_when_names_cannot_choose(tmp_pat
 
 
 def test_header_key_memo_is_bounded_and_still_drops_underscored_names(monkeypatch):
-    monkeypatch.setattr(head_mod, "_KEYS", {})
+    _fresh(monkeypatch, "_KEYS")
     fields = [(b"Host", b"h"), (b"X_Api", b"1"), (b"X-Api", b"2")]
     for _ in range(2):  # the second time from the memo
         head = read_head("GET", "1.1", "/", fields)
@@ -69,11 +89,11 @@ def test_header_key_memo_is_bounded_and_still_drops_underscored_names(monkeypatc
 
 
 def test_host_memo_remembers_only_valid_hosts_and_is_bounded(monkeypatch):
-    monkeypatch.setattr(head_mod, "_VALID_HOSTS", set())
+    _fresh(monkeypatch, "_VALID_HOSTS")
     for bad in ("a/b", "..", "a b", ""):
         with pytest.raises(HTTPError):
             read_head("GET", "1.1", "/", [(b"Host", bad.encode())])
-    assert head_mod._VALID_HOSTS == set()
+    assert head_mod._VALID_HOSTS == {}
     for i in range(3000):
         read_head("GET", "1.1", "/", [(b"Host", b"h%d.example" % i)])
     assert len(head_mod._VALID_HOSTS) <= head_mod._MEMO_MAX
@@ -134,9 +154,9 @@ def test_memos_hold_little_memory_whatever_clients_send(tmp_path, monkeypatch):
     (8 KB each, what large_client_header_buffers admits) must not pile up in a worker."""
     import tracemalloc
 
-    monkeypatch.setattr(head_mod, "_KEYS", {})
-    monkeypatch.setattr(head_mod, "_VALID_HOSTS", set())
-    monkeypatch.setattr(head_mod, "_TARGETS", {})
+    _fresh(monkeypatch, "_KEYS")
+    _fresh(monkeypatch, "_VALID_HOSTS")
+    _fresh(monkeypatch, "_TARGETS")
     m = _matcher(tmp_path, "location / { return 200; } location ~ ^/r/(.+)$ { return 200 $1; }")
     tracemalloc.start()
     try:
@@ -159,7 +179,7 @@ def test_memos_hold_little_memory_whatever_clients_send(tmp_path, monkeypatch):
 
 
 def test_target_memo_gives_what_splitting_gives_and_keeps_checking_the_method(monkeypatch):
-    monkeypatch.setattr(head_mod, "_TARGETS", {})
+    _fresh(monkeypatch, "_TARGETS")
     for _ in range(2):  # the second time from the memo
         head = read_head("GET", "1.1", "/a/../b//c?x=1&y=%41", [(b"Host", b"h")])
         assert (head.uri, head.args, head.target) == ("/b/c", "x=1&y=%41", "/a/../b//c?x=1&y=%41")

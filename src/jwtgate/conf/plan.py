@@ -19,6 +19,7 @@ from jwtgate.conf.loader import load
 from jwtgate.conf.spec import Ctx
 from jwtgate.conf.values import parse_time
 from jwtgate.errors import ConfigError
+from jwtgate.memo import remember
 from jwtgate.http.server import HttpLimits
 from jwtgate.modules.base import Phase
 from jwtgate.modules.core import Listen, LocationMatch
@@ -156,8 +157,7 @@ class Plan:
         selector = self._selector_memo.get(key)
         if selector is None:
             selector = self.selectors[self._selector_key(local, port)]
-            if len(self._selector_memo) < 256:
-                self._selector_memo[key] = selector
+            remember(self._selector_memo, key, selector, 256)
         return selector
 
     def _selector_key(self, local: str, port: int) -> tuple[str, int]:

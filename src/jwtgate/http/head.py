@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from jwtgate.errors import HTTPError
 from jwtgate.http.uri import normalize_path, split_target
+from jwtgate.memo import remember
 
 __all__ = ["RequestHead", "parse_head", "read_head"]
 
@@ -26,18 +27,18 @@ _UNIQUE = frozenset({"host", "authorization", "content_length", "transfer_encodi
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]*)?")
 
 
-#: Hosts already found valid, and field names already mapped to their ``$http_*`` key and
-#: kind (below): a client sends the same few on every request. Bounded in entries (cleared
-#: when full) and in size (longer names and hosts are worked out each time), so what a
-#: client can make a worker keep here is under a megabyte.
-_VALID_HOSTS: set[str] = set()
-_KEYS: dict[bytes, tuple[str, int]] = {}
+# What a client sends again on every request, worked out once (jwtgate.memo bounds each in
+# entries and key size: under a megabyte in all, whatever clients send).
 _MEMO_MAX = 1024
 _MEMO_NAME_MAX = 64     # bytes of a field name worth remembering
 _MEMO_HOST_MAX = 255    # characters of a Host worth remembering (a DNS name and a port)
-#: request-targets already split and normalised: ``target -> (host, path, query, uri)``
-_TARGETS: dict[str, tuple[str, str, str, str]] = {}
 _MEMO_TARGET_MAX = 256  # characters of a request-target worth remembering
+#: Hosts already found valid (-> True)
+_VALID_HOSTS: dict[str, bool] = {}
+#: field name -> (``$http_*`` key, kind below)
+_KEYS: dict[bytes, tuple[str, int]] = {}
+#: request-target -> (host, path, query, uri), split and normalised
+_TARGETS: dict[str, tuple[str, str, str, str]] = {}
 
 # What read_head does with a field, by name: keep the first value; refuse a repeat; drop
 # the field; or look closer (Content-Length, Transfer-Encoding, Cookie).
@@ -50,10 +51,8 @@ def _valid_host(host: str) -> bool:
     if host in _VALID_HOSTS:
         return True
     ok = bool(host) and ".." not in host and _HOST.fullmatch(host) is not None
-    if ok and len(host) <= _MEMO_HOST_MAX:
-        if len(_VALID_HOSTS) >= _MEMO_MAX:
-            _VALID_HOSTS.clear()
-        _VALID_HOSTS.add(host)
+    if ok:
+        remember(_VALID_HOSTS, host, True, _MEMO_MAX, _MEMO_HOST_MAX)
     return ok
 
 
@@ -67,10 +66,7 @@ def _key(name: bytes) -> tuple[str, int]:
         kind = (_SPECIAL if key in ("content_length", "transfer_encoding", "cookie")
                 else _ONCE if key in _UNIQUE else _PLAIN)
         entry = (key, kind)
-    if len(name) <= _MEMO_NAME_MAX:
-        if len(_KEYS) >= _MEMO_MAX:
-            _KEYS.clear()
-        _KEYS[name] = entry
+    remember(_KEYS, name, entry, _MEMO_MAX, _MEMO_NAME_MAX)
     return entry
 
 
@@ -129,19 +125,23 @@ def read_head(method: str, version: str, target: str,
 
 def parse_head(method: str, version: str, target: str, fields: Iterable[tuple[bytes, bytes]]) -> tuple[
         str, str, str, str, str, list[tuple[bytes, bytes]], dict[str, str], int | None, bool]:
-    """:func:`read_head` as a plain tuple, in :class:`RequestHead`'s field order (the HTTP
-    server's path: it copies the fields into its request context at once). Same checks,
-    same errors."""
+    """:func:`read_head` as a plain tuple, for the HTTP server, which copies the fields into
+    its request context at once (a :class:`RequestHead` would only be built to be copied).
+
+    Returns:
+        ``(method, version, target, uri, args, headers, http, content_length, chunked)``:
+        :class:`RequestHead`'s fields, in its order.
+
+    Raises:
+        HTTPError: as :func:`read_head` (505, 400 or 501).
+    """
     if version not in ("1.1", "1.0"):
         raise HTTPError(505, "HTTP version not supported")
     split = _TARGETS.get(target)
     if split is None:
         host, path, query = split_target(target)
         uri = normalize_path(path) if path != "*" else "*"
-        if len(target) <= _MEMO_TARGET_MAX:
-            if len(_TARGETS) >= _MEMO_MAX:
-                _TARGETS.clear()
-            _TARGETS[target] = (host, path, query, uri)
+        remember(_TARGETS, target, (host, path, query, uri), _MEMO_MAX, _MEMO_TARGET_MAX)
     else:
         host, path, query, uri = split
     if path == "*" and method != "OPTIONS":

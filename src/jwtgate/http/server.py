@@ -21,7 +21,7 @@ import httptools
 from jwtgate.errors import HTTPError
 from jwtgate.http.head import parse_head
 from jwtgate.http.tunnel import Tunnel
-from jwtgate.http.writer import chunk, error_body, http_date, status_line
+from jwtgate.http.writer import STATUS_LINES_11, chunk, error_body, http_date, status_line
 from jwtgate.runtime.context import ConnectionInfo, RequestContext
 from jwtgate.writebatch import batch_for
 
@@ -39,9 +39,6 @@ BODY_LOW_WATER = 64 * 1024
 
 #: method names as str, for the usual methods (others are decoded per request)
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-
-#: HTTP/1.1 status lines by code, made once (a response head looks its line up directly)
-_STATUS_LINES = {code: status_line(code, "1.1") for code in range(100, 600)}
 
 
 class HttpLimits:
@@ -233,7 +230,7 @@ class Responder:
         no_body = status < 200 or status in (204, 304)
         if no_body:
             self.head_only = True
-        line = _STATUS_LINES.get(status) or status_line(status, "1.1")
+        line = STATUS_LINES_11.get(status) or status_line(status, "1.1")
         parts = [line, b"Server: jwtgate\r\nDate: ", http_date(), b"\r\n"] if own_fields else [line]
         for name, value in headers:
             parts += (name, b": ", value, b"\r\n")
@@ -514,9 +511,7 @@ class HttpProtocol(asyncio.Protocol):
                                    (str(local[0]), int(local[1]) if len(local) > 1 else 0),
                                    self._counter[0], self._https)
         # NGINX: the TLS handshake and the first head share one client_header_timeout.
-        self._body_timing = False
-        self._deadline = when = self._accepted + self._limits.client_header_timeout
-        self._arm(when)
+        self._set_timer(self._limits.client_header_timeout - (self._loop.time() - self._accepted))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -737,11 +732,12 @@ class HttpProtocol(asyncio.Protocol):
         else:
             if self._head_new:
                 self._head_new = False
-                # The first head's time counts from the accept, not from its first byte
-                # (NGINX), so a client cannot hold a new connection for two timeouts.
-                if self._in_head and not (self.conn is not None and self.conn.requests == 0
-                                          and self._deadline is not None):
-                    self._set_timer(self._limits.client_header_timeout)
+                # The first head keeps the deadline set at the accept (NGINX), so a client
+                # cannot hold a new connection for two timeouts; later ones start theirs now.
+                if self._in_head:
+                    first = self.conn is not None and self.conn.requests == 0 and self._deadline is not None
+                    if not first:
+                        self._set_timer(self._limits.client_header_timeout)
 
     def _reject(self, err: HTTPError) -> None:
         """A framing error: answer it in turn, then close; parse nothing more."""
@@ -803,9 +799,9 @@ class HttpProtocol(asyncio.Protocol):
         self._next()
 
     def _make_context(self, parser: Any) -> tuple[RequestContext, RequestBody]:
-        method = parser.get_method()
+        raw = parser.get_method()
         method, version, target, uri, args, headers, http, length, chunked = parse_head(
-            _METHODS.get(method) or method.decode("ascii"), parser.get_http_version(),
+            _METHODS.get(raw) or raw.decode("ascii"), parser.get_http_version(),
             self._url.decode("latin-1"), self._headers)
         ctx = RequestContext(self.conn, method, target, uri, args, version, headers, http)  # type: ignore[arg-type]
         ctx.request_length = self._head_bytes + len(self._url)

@@ -14,7 +14,7 @@ from http import HTTPStatus
 
 __all__ = [
     "status_line", "reason", "error_body", "http_date", "valid_field_value", "valid_field_name",
-    "chunk", "encode_fields",
+    "chunk", "encode_fields", "STATUS_LINES_11",
 ]
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -43,6 +43,11 @@ def status_line(status: int, version: str = "1.1") -> bytes:
         line = f"HTTP/{version} {status} {reason(status)}\r\n".encode()
         _STATUS_LINES[key] = line
     return line
+
+
+#: ``HTTP/1.1`` status lines of every valid code (100-599), by code: looked up directly on
+#: the response path, where a call to :func:`status_line` per response would cost more
+STATUS_LINES_11: dict[int, bytes] = {code: status_line(code) for code in range(100, 600)}
 
 
 _ERROR_BODIES: dict[int, bytes] = {}

@@ -649,7 +649,7 @@ class ProxyHandler:
         pool = group.pool
         responder = ctx.responder
         body = ctx.body
-        has_body = body is not None and (body.chunked or bool(body.length)) and self.pass_body
+        has_body = body is not None and body.present and self.pass_body
         key = group.balance_key(ctx) if self.keyed else ""
         tried: list[Peer] = []
         start = time.monotonic()
@@ -659,7 +659,6 @@ class ProxyHandler:
         # writes them ("0.001, -"); None while this is the first attempt (the usual case,
         # whose times stay floats until read)
         times: list[str] | None = None
-        ht: float | None = None
 
         while True:
             peer = balancer.pick(tried, key)
@@ -670,7 +669,7 @@ class ProxyHandler:
             tried.append(peer)
             conn = pool.acquire(peer, self.tls)
             reused = conn is not None
-            ht = None
+            ht: float | None = None
             if reused:
                 ct = 0.0  # a kept-alive connection: nothing to wait for
             else:
@@ -684,6 +683,7 @@ class ProxyHandler:
                         continue
                     raise
                 ct = time.monotonic() - attempt
+            # (the first attempt's times inline, without _this_attempt: this runs per request)
             if times is None:
                 ctx.upstream_connect_time = ct
             else:
@@ -734,8 +734,7 @@ class ProxyHandler:
                     # The response has started: the runner cuts the client connection.
                     log.error("%s while reading response from upstream, upstream: %s", e.reason, peer.address)
                     ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)  # it answered
-                    rt = time.monotonic() - attempt
-                    ctx.upstream_response_time = rt if times is None else _later(times[0], rt)
+                    ctx.upstream_response_time = _this_attempt(times, 0, time.monotonic() - attempt)
                     raise
                 if reused and ex.received == 0 and not has_body and stale_retries > 0:
                     # A kept-alive connection the upstream had already closed: not a failure.
@@ -767,8 +766,7 @@ class ProxyHandler:
                     peer.active -= 1
                     tunnel.close()
                     # NGINX: an upgraded connection's response time runs until it closes.
-                    rt = time.monotonic() - attempt
-                    ctx.upstream_response_time = rt if times is None else _later(times[0], rt)
+                    ctx.upstream_response_time = _this_attempt(times, 0, time.monotonic() - attempt)
                 return
             if retried:
                 # An http_5xx answer passed on to the next server; 403/404/429 are not failures.
@@ -836,6 +834,15 @@ def seconds_text(value: float | str) -> str:
     resolution (``"0.004"``); ``""`` when not measured. The proxy keeps the float and
     formats it only when a log or header reads it."""
     return value if value.__class__ is str else f"{value:.3f}"  # type: ignore[return-value]
+
+
+def _this_attempt(times: list[str] | None, i: int, value: float | None) -> float | str:
+    """The ``i``-th ``$upstream_*_time`` (0 response, 1 connect, 2 header) once this attempt
+    measured ``value`` seconds (``None``: not reached): the float itself on a first attempt
+    (formatted when read), else appended to the earlier attempts' list."""
+    if times is None:
+        return "" if value is None else value
+    return _later(times[i], value)
 
 
 def _later(prev: str, value: float | None) -> str:

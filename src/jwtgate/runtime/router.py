@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jwtgate.conf.regex import compile_pcre
+from jwtgate.memo import remember
 
 __all__ = ["LocationMatcher", "ServerSelector"]
 
@@ -73,9 +74,7 @@ class LocationMatcher:
                 self.named.setdefault(loc.match.pattern, loc)
         # Longest first; equal lengths keep configuration order.
         self.prefixes.sort(key=lambda loc: -len(loc.match.pattern))
-        #: lookup results by URI: clients ask for the same few paths again and again.
-        #: Cleared when full, and long URIs are not kept, so unique or huge paths (hostile
-        #: or not) cost a miss, not memory.
+        #: lookup results by URI: clients ask for the same few paths again and again
         self._memo: dict[str, tuple[Any, re.Match[str] | None, bool] | None] = {}
         # A node of NGINX's tree redirects when its exact or its prefix location does; the
         # exact one serves the redirect when both exist.
@@ -105,10 +104,7 @@ class LocationMatcher:
             pass
         found = self._find(uri)
         result = None if found is None else (found[0], found[1], found[2] is _REDIRECT)
-        if len(uri) <= _MEMO_URI_MAX:
-            if len(memo) >= _MEMO_MAX:
-                memo.clear()
-            memo[uri] = result
+        remember(memo, uri, result, _MEMO_MAX, _MEMO_URI_MAX)
         return result
 
     def match(self, uri: str) -> tuple[Any, tuple[str | None, ...]] | None:
