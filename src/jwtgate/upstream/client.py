@@ -127,6 +127,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.tls_key = id(None)
         #: called on pause_writing/resume_writing while tunnelling
         self.flow_listener: tuple[Callable[[], None], Callable[[], None]] | None = None
+        #: what a response's sink calls when the client stops/starts taking bytes (made once:
+        #: two bound methods per response cost more than the rest of the hand-over)
+        self._flow = (self._pause_reading, self._resume_reading)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("busy" if self.exchange else "idle")
@@ -329,7 +332,7 @@ class UpstreamConnection(asyncio.Protocol):
         # responder sends no body for HEAD, 204 and 304 whatever the length says.
         sink = ex.on_head(status, ex.headers, ex.length)
         ex.sink = sink
-        sink.on_writable(self._pause_reading, self._resume_reading)
+        sink.on_writable(*self._flow)
         if sink.writing_paused:
             self._pause_reading()
         if ex.head_only:
