@@ -101,7 +101,24 @@ def test_the_posts_request_in_words():
             "after auth_jwt; not counted by explain") in lines
     assert "decision   proxied to upstream api_server (127.0.0.1:9000)" in lines
     assert lines[-5:] == ["upstream request head:", "  GET /products/widget1 HTTP/1.1", "  Host: api_server",
-                          "  API-Client: quotes", f"  Authorization: Bearer {POST_TOKEN}"]
+                          "  API-Client: quotes",
+                          f"  Authorization: Bearer {POST_TOKEN[:8]}...({len(POST_TOKEN)} characters, redacted)"]
+    assert POST_TOKEN.split(".")[2] not in out  # the report gets pasted into tickets
+
+
+def test_tokens_in_the_upstream_head_are_cut_short_in_text_and_exact_in_json(tmp_path):
+    # A token forwarded in another header too (a $http_ variable, a claim holding a token):
+    # every compact JWS is cut short in the text; the JSON report keeps the exact bytes.
+    text = RICH_CONF.replace("proxy_set_header X-Tier $tier;",
+                             "proxy_set_header X-Tier $tier; proxy_set_header X-Original $http_x_original;")
+    path = write_conf(tmp_path, text)
+    out = ok("explain", "-c", path, "--token", POST_TOKEN, "-H", f"X-Original: tok={POST_TOKEN};x",
+             "-H", "X-Host: products.example.com", "GET", "/products/a")
+    assert POST_TOKEN.split(".")[2] not in out
+    assert f"  X-Original: tok={POST_TOKEN[:8]}...({len(POST_TOKEN)} characters, redacted);x" in out.splitlines()
+    assert "  X-Host: products.example.com" in out.splitlines()  # dotted names are not tokens
+    data = explain_json("-c", path, "--token", POST_TOKEN, "GET", "/products/a")
+    assert f"Authorization: Bearer {POST_TOKEN}\r\n" in data["upstream_head"]
 
 
 def test_json_report(conf):

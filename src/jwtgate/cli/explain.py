@@ -7,6 +7,7 @@ configuration, builds the request from the command line and prints the report.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,18 @@ def _header(text: str) -> tuple[str, str]:
     if not sep or not name.strip():
         fail(f'invalid header "{text[:60]}": use -H "Name: value"')
     return name.strip(), value.strip()
+
+
+#: a JWS or JWE in compact serialization (RFC 7515 §7.1, RFC 7516 §7.1) inside a header
+#: value: a JOSE header is a JSON object, so its base64url starts "eyJ" ('{"')
+_COMPACT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}(?:\.[A-Za-z0-9_-]*){2,4}")
+
+
+def _redact(text: str) -> str:
+    """``text`` with every compact JWS/JWE cut to its first 8 characters: the report is
+    made to be pasted into tickets, and a token in it would still be a live credential.
+    (``--json`` keeps the exact bytes, for programs.)"""
+    return _COMPACT.sub(lambda m: f"{m.group()[:8]}...({len(m.group())} characters, redacted)", text)
 
 
 def _print(ex: "Explanation") -> None:
@@ -82,7 +95,7 @@ def _print(ex: "Explanation") -> None:
     if ex.upstream_head is not None:
         click.echo("upstream request head:")
         for raw in ex.upstream_head.split(b"\r\n")[:-2]:
-            click.echo("  " + raw.decode("utf-8", "backslashreplace"))
+            click.echo("  " + _redact(raw.decode("utf-8", "backslashreplace")))
 
 
 @click.command("explain", epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -106,7 +119,8 @@ def explain(conf: str, token: str | None, headers: tuple[str, ...], remote_addr:
 
     Shows the server and location chosen, the token and the key tried, the verdict and its
     reason, the $jwt_* variables, each auth_jwt_require value, the limit_req keys (never
-    counted) and the exact request head that would go upstream. No socket is opened.
+    counted) and the exact request head that would go upstream (with tokens in it cut short;
+    --json has the exact bytes). No socket is opened.
 
     URL is http://HOST[:PORT]/PATH?QUERY (Host is HOST[:PORT], as curl sends it) or /PATH.
 
