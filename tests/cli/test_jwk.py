@@ -150,7 +150,7 @@ def test_public_keeps_only_public_values(private_set, tmp_path):
     assert RSAKey.import_key(privs[0]).as_dict(private=False)["n"] == keys[0]["n"]
 
     out = tmp_path / "public.jwk"
-    ok("jwk", "public", private_set, "-o", out)
+    assert ok("jwk", "public", private_set, "-o", out) == f'{out}: wrote 3 public key(s) (kid "r", "e", "o")\n'
     assert mode(out) == 0o644 and jwks_of(out.read_text()) == keys
     loaded = load_jwk_set_file(str(out))
     assert [sorted(e.algorithms) for e in loaded.entries] == [["RS256"], ["ES256"], ["Ed448", "EdDSA"]]

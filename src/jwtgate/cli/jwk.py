@@ -193,6 +193,9 @@ def public(file: str, output: str | None) -> None:
     if file != "-" and os.path.exists(output) and os.path.samefile(file, output):
         fail(f"{output} is the input file: writing the public set there would destroy its private keys")
     write_jwks_file(output, keys)
+    # (as `jwk generate -o` does: a silent success reads like nothing happened)
+    kids = ", ".join("-" if k.get("kid") is None else f'"{k["kid"]}"' for k in keys)
+    click.echo(f"{output}: wrote {len(keys)} public key(s) (kid {kids})")
 
 
 @jwk.command("thumbprint", epilog=EXIT_CODES_HELP)
