@@ -180,3 +180,33 @@ server {{
         assert any(line.startswith(f"127.0.0.1:{dead}, ") for line in lines), lines
     finally:
         ws.close()
+
+
+class CountingWebSocketServer(EchoWebSocketServer):
+    """The echo server, counting the tunnels whose gateway side closed (recv returned b"")."""
+
+    def __init__(self) -> None:
+        self.ended = 0
+        super().__init__()
+
+    def serve(self, c: socket.socket) -> None:
+        super().serve(c)
+        self.ended += 1
+
+
+def test_a_client_closing_its_tunnel_closes_the_upstream_side(gateway):
+    """A client that drops its WebSocket must not leave the upstream connection open (it did
+    until proxy_read_timeout at best, forever at worst: cancelling the request also ended
+    the tunnel's future, and Tunnel.close took that for "already closed")."""
+    ws = CountingWebSocketServer()
+    try:
+        conf = CONF.format(ws_port=ws.port, headers=UPGRADE_HEADERS).replace(
+            "proxy_read_timeout 2s;", "proxy_read_timeout 60s;")
+        gw = gateway(conf)
+        for i in range(5):
+            s, head = handshake(gw.port, f"/ws/{i}?token={POST_TOKEN}")
+            assert head.startswith(b"HTTP/1.1 101 ")
+            s.close()
+        wait_until(lambda: ws.ended == 5, timeout=5, what="the upstream sides of 5 closed tunnels")
+    finally:
+        ws.close()

@@ -36,11 +36,14 @@ class Tunnel:
         self.done: asyncio.Future[None] = loop.create_future()
         self.to_client = 0
         self.to_upstream = 0
+        #: close() ran (``done`` alone cannot tell: the request's cancellation, when the
+        #: client goes, cancels the future its task awaits, which is ``done``)
+        self.closed = False
         self._last = time.monotonic()
         self._timer = loop.call_later(idle_timeout, self._check_idle)
 
     def __repr__(self) -> str:
-        return f"<Tunnel up={self.to_upstream} down={self.to_client} closed={self.done.done()}>"
+        return f"<Tunnel up={self.to_upstream} down={self.to_client} closed={self.closed}>"
 
     def start(self, client_tail: bytes, upstream_tail: bytes) -> None:
         """Begin copying; the tails are bytes each side sent after its HTTP head."""
@@ -68,9 +71,11 @@ class Tunnel:
 
     def close(self) -> None:
         """Close both sides (each flushes what it was given first)."""
-        if self.done.done():
+        if self.closed:
             return
+        self.closed = True
         self._timer.cancel()
-        self.done.set_result(None)
+        if not self.done.done():
+            self.done.set_result(None)
         self.upstream.close()
         self.client.close()
