@@ -352,3 +352,51 @@ def test_an_unasked_101_is_an_invalid_answer_counted_and_retried(gateway, upstre
         assert f"502|127.0.0.1:{bad.port}|502" in lines, lines
     finally:
         bad.close()
+
+
+class KeepAliveSlow(SocketUpstream):
+    """A keep-alive upstream: answers ``/.../slow`` after 3 s, anything else at once; counts
+    the connections it accepted."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        super().__init__()
+
+    def serve(self, c: socket.socket) -> None:
+        self.accepted += 1
+        while True:
+            head = recv_head(c)
+            if head is None:
+                return
+            if head.split(b" ", 2)[1].endswith(b"/slow"):
+                time.sleep(3)
+            try:
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            except OSError:
+                return
+
+
+def test_read_timeout_of_the_location_holds_on_a_reused_connection(gateway):
+    """Two locations with different proxy_read_timeout share a keep-alive upstream: the short
+    one must time out at its own 1 s on a connection last used by the long one (the 60 s
+    timer left from that exchange used to decide, and the slow answer came through)."""
+    up = KeepAliveSlow()
+    try:
+        gw = gateway(f"""
+upstream grp {{ server 127.0.0.1:{up.port}; keepalive 4; }}
+server {{
+    listen 127.0.0.1:{{port}};
+    location /long/ {{ proxy_pass http://grp; proxy_http_version 1.1; proxy_set_header Connection "";
+                      proxy_read_timeout 60s; proxy_next_upstream off; }}
+    location /short/ {{ proxy_pass http://grp; proxy_http_version 1.1; proxy_set_header Connection "";
+                       proxy_read_timeout 1s; proxy_next_upstream off; }}
+}}
+""")
+        assert request(gw.port, "GET", "/long/ok").status == 200
+        t0 = time.monotonic()
+        r = request(gw.port, "GET", "/short/slow", timeout=10)
+        elapsed = time.monotonic() - t0
+        assert up.accepted == 1  # the same upstream connection
+        assert r.status == 504 and elapsed < 2.5, (r.status, elapsed)
+    finally:
+        up.close()

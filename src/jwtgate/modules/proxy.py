@@ -708,8 +708,10 @@ class ProxyHandler:
                     ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)  # it answered
                     ctx.upstream_response_time = _this_attempt(times, 0, time.monotonic() - attempt)
                     raise
-                if reused and ex.received == 0 and not has_body and stale_retries > 0:
+                if reused and ex.received == 0 and not has_body and stale_retries > 0 \
+                        and e.kind == "error":
                     # A kept-alive connection the upstream had already closed: not a failure.
+                    # (Only a close or reset: a timeout is the peer's, whatever the connection.)
                     stale_retries -= 1
                     tried.pop()
                     continue

@@ -118,6 +118,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self._parser: Any = None
         self._timer: asyncio.TimerHandle | None = None
+        #: the delay (seconds) the pending timer was armed with: an upper bound on when it fires
+        self._timer_for = 0.0
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self.idle_since = 0.0
@@ -180,9 +182,12 @@ class UpstreamConnection(asyncio.Protocol):
             # next one); making one per request cost more than the rest of begin().
             self._parser = httptools.HttpResponseParser(self)
         exchange.last_read = time.monotonic()
-        if self._timer is None:
-            # Re-armed lazily by _check_timeout from last_read: no timer churn per request.
-            self._timer = self.loop.call_later(exchange.read_timeout, self._check_timeout)
+        timeout = exchange.read_timeout
+        # Re-armed lazily by _check_timeout from last_read: no timer churn per request, unless
+        # the pending timer (left by an exchange with a longer proxy_read_timeout) could fire
+        # after this exchange's deadline.
+        if self._timer is None or timeout < self._timer_for:
+            self._arm(timeout)
 
     def end(self) -> None:
         """Detach the finished exchange (the connection may then go back to the pool)."""
@@ -228,6 +233,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def _arm(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay, self._check_timeout)
+        self._timer_for = delay
+
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -246,7 +257,7 @@ class UpstreamConnection(asyncio.Protocol):
                 ex.fail(UpstreamError(504, "upstream timed out while reading response body"))
             self.abort()
             return
-        self._timer = self.loop.call_later(ex.read_timeout - idle, self._check_timeout)
+        self._arm(ex.read_timeout - idle)
 
     # -- httptools callbacks ------------------------------------------------------------
 
