@@ -400,3 +400,51 @@ server {{
         assert r.status == 504 and elapsed < 2.5, (r.status, elapsed)
     finally:
         up.close()
+
+
+class Big(SocketUpstream):
+    """Answers every request with a ``size``-byte body, as fast as the gateway reads it."""
+
+    size = 24 * 1024 * 1024
+
+    def serve(self, c: socket.socket) -> None:
+        if recv_head(c) is None:
+            return
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.size)
+        block = b"x" * 65536
+        try:
+            for _ in range(self.size // len(block)):
+                c.sendall(block)
+        except OSError:
+            return
+
+
+def test_a_client_that_reads_slowly_is_governed_by_send_timeout_not_proxy_read_timeout(gateway):
+    """While the client does not take the response, the gateway stops reading the upstream;
+    that pause is not the upstream's silence (NGINX stops the upstream read timer then), so a
+    client pausing longer than proxy_read_timeout (1 s) but within send_timeout (10 s) gets
+    the whole body. It used to be cut at proxy_read_timeout."""
+    up = Big()
+    try:
+        gw = gateway(f"""
+server {{
+    listen 127.0.0.1:{{port}};
+    send_timeout 10s;
+    location / {{ proxy_pass http://127.0.0.1:{up.port}; proxy_read_timeout 1s; }}
+}}
+""")
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        with s:
+            s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            time.sleep(3)  # the client reads nothing for 3 proxy_read_timeouts
+            got = 0
+            while True:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+        head_len = got - Big.size
+        assert 0 < head_len < 1000, got  # the whole body arrived, after a head
+    finally:
+        up.close()

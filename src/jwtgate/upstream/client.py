@@ -120,6 +120,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         #: the delay (seconds) the pending timer was armed with: an upper bound on when it fires
         self._timer_for = 0.0
+        #: reading is paused because the client does not take the response: not the
+        #: upstream's silence, so proxy_read_timeout does not run (the client's send_timeout does)
+        self._held = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self.idle_since = 0.0
@@ -193,6 +196,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Detach the finished exchange (the connection may then go back to the pool)."""
         ex = self.exchange
         self.exchange = None
+        self._held = False  # (the pool resumes reading on release)
         if ex is None or not ex.parsed:
             # Mid-message (a HEAD answer's announced body, an abandoned exchange): a new
             # exchange needs a fresh parser.
@@ -248,6 +252,9 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         self._timer = None
         if ex is None or ex.complete:
+            return
+        if self._held:
+            self._arm(ex.read_timeout)
             return
         idle = time.monotonic() - ex.last_read
         if idle >= ex.read_timeout:
@@ -373,9 +380,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._resume_reading()
 
     def _pause_reading(self) -> None:
+        self._held = True
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
+        if self._held:
+            self._held = False
+            ex = self.exchange
+            if ex is not None:
+                ex.last_read = time.monotonic()  # the upstream's silence counts from now
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
