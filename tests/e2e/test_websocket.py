@@ -210,3 +210,112 @@ def test_a_client_closing_its_tunnel_closes_the_upstream_side(gateway):
         wait_until(lambda: ws.ended == 5, timeout=5, what="the upstream sides of 5 closed tunnels")
     finally:
         ws.close()
+
+
+class BodyThenMaybeUpgrade(SocketUpstream):
+    """Reads a request and its Content-Length body; answers 101 to ``/up`` paths (then echoes),
+    200 with the body it got otherwise. ``bodies`` records each body received."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        super().__init__()
+
+    def serve(self, c: socket.socket) -> None:
+        c.settimeout(5)
+        data = recv_head(c)
+        if data is None:
+            return
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            chunk = c.recv(4096)
+            if not chunk:
+                return
+            rest += chunk
+        self.bodies.append(rest[:length])
+        if b" /up" in head.split(b"\r\n")[0]:
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                      + rest[length:])
+            while True:
+                chunk = c.recv(4096)
+                if not chunk:
+                    return
+                c.sendall(chunk)
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length + rest[:length])
+
+
+UPGRADE_BODY_CONF = """
+server {{
+    listen 127.0.0.1:{{port}};
+    location / {{ proxy_pass http://127.0.0.1:{port}; proxy_read_timeout 3s; %s }}
+}}
+""" % UPGRADE_HEADERS
+
+
+def test_the_body_of_a_request_that_asks_to_upgrade_goes_upstream(gateway):
+    """llhttp stops parsing after a head that asks to upgrade, even when it declares a body;
+    the body then went nowhere and the upstream waited for it (504 after proxy_read_timeout,
+    the peer counted as failed). The declared body is the request's, sent before any switch."""
+    up = BodyThenMaybeUpgrade()
+    try:
+        gw = gateway(UPGRADE_BODY_CONF.format(port=up.port))
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        with s:
+            s.sendall(b"POST /plain HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Content-Length: 10\r\n\r\nabc")
+            time.sleep(0.2)
+            s.sendall(b"defg")  # the body arrives in three reads
+            time.sleep(0.2)
+            s.sendall(b"hij")
+            data = b""
+            while b"\r\n\r\n" not in data or not data.endswith(b"abcdefghij"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 "), data[:100]
+        assert data.endswith(b"\r\n\r\nabcdefghij") and up.bodies == [b"abcdefghij"]
+
+        # The upstream agrees to switch: the body went as the body, what followed it (in the
+        # same read) is the new protocol's first bytes.
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        with s:
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Content-Length: 4\r\n\r\nBODYframe1")
+            data = b""
+            while not data.endswith(b"frame1"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 101 ") and data.endswith(b"\r\n\r\nframe1"), data
+            s.sendall(b"frame2")
+            assert s.recv(100) == b"frame2"
+        assert up.bodies[1] == b"BODY"
+    finally:
+        up.close()
+
+
+def test_a_chunked_body_in_a_request_that_asks_to_upgrade_is_refused(gateway):
+    up = BodyThenMaybeUpgrade()
+    try:
+        gw = gateway(UPGRADE_BODY_CONF.format(port=up.port))
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        with s:
+            s.sendall(b"POST /plain HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in data, data[:200]
+        time.sleep(0.2)
+        assert up.bodies == []  # nothing reached the upstream
+    finally:
+        up.close()

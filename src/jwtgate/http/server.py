@@ -492,6 +492,8 @@ class HttpProtocol(asyncio.Protocol):
         #: the last request asked to switch protocols; ``upgrade_tail`` is what followed it
         self.upgrade_pending = False
         self.upgrade_tail = b""
+        #: body octets of an upgrading request still to come (llhttp does not parse them)
+        self._raw_left = 0
         #: the client half-closed: close once its last request is answered
         self._eof = False
         #: a request's handler has started and not returned (it is waiting on something)
@@ -707,6 +709,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.from_client(data)
             return
+        if self._raw_left:
+            self._take_raw_body(data)
+            return
         if self._bad:
             return
         try:
@@ -715,9 +720,15 @@ class HttpProtocol(asyncio.Protocol):
             # The head asked for another protocol; what follows is not HTTP. Keep it for a
             # tunnel if the upstream agrees (101); otherwise answer and close.
             self._bad = True
-            self.upgrade_tail = data[int(e.args[0]):] if e.args else b""
             self.upgrade_pending = True
-            self.pause_reading("upgrade")
+            tail = data[int(e.args[0]):] if e.args else b""
+            if self._raw_left:
+                # llhttp stops right after an upgrading head, even when it declares a body;
+                # the body comes first (RFC 9110 §7.8) and goes upstream with the request.
+                self._take_raw_body(tail)
+            else:
+                self.upgrade_tail = tail
+                self.pause_reading("upgrade")
             if not self.active and not self._queue:
                 self.close()
         except httptools.HttpParserError as e:
@@ -738,6 +749,27 @@ class HttpProtocol(asyncio.Protocol):
                     first = self.conn is not None and self.conn.requests == 0 and self._deadline is not None
                     if not first:
                         self._set_timer(self._limits.client_header_timeout)
+
+    def _take_raw_body(self, data: bytes) -> None:
+        """Body bytes of an upgrading request (``Content-Length``), which llhttp leaves
+        unparsed: the first ``_raw_left`` octets are the body, the rest is the new protocol's."""
+        body = self._current_body
+        n = min(len(data), self._raw_left)
+        self._raw_left -= n
+        if body is not None and n:
+            if self._body_timing:
+                self._deadline = self._loop.time() + self._limits.client_body_timeout
+            try:
+                body.feed(data[:n])
+            except HTTPError as err:  # 413 once the location's client_max_body_size is known
+                self._raw_left = 0
+                self._reject(err)
+                return
+        if self._raw_left:
+            return
+        self.upgrade_tail += data[n:]
+        self.pause_reading("upgrade")
+        self.on_message_complete()
 
     def _reject(self, err: HTTPError) -> None:
         """A framing error: answer it in turn, then close; parse nothing more."""
@@ -790,6 +822,11 @@ class HttpProtocol(asyncio.Protocol):
         parser = self._parser
         assert self.conn is not None
         ctx, body = self._make_context(parser)
+        if body.present and parser.should_upgrade():
+            if body.chunked:
+                # Its framing would have to be parsed by hand; no upgrade needs one.
+                raise HTTPError(400, "a chunked body in a request that asks to upgrade")
+            self._raw_left = body.length or 0
         keep_alive = parser.should_keep_alive() and not self._bad
         self._current_body = body
         if not body.complete and not body.expect_continue:
@@ -820,6 +857,8 @@ class HttpProtocol(asyncio.Protocol):
         body.feed(data)
 
     def on_message_complete(self) -> None:
+        if self._raw_left:
+            return  # (an upgrading head: its body is taken raw, see _take_raw_body)
         if self._body_timing:
             self._cancel_timer()
         if self._current_body is not None:
