@@ -448,3 +448,43 @@ server {{
         assert 0 < head_len < 1000, got  # the whole body arrived, after a head
     finally:
         up.close()
+
+
+class Holds503(SocketUpstream):
+    """Answers 503 with a Content-Length body it never sends (it holds the connection)."""
+
+    def serve(self, c: socket.socket) -> None:
+        if recv_head(c) is None:
+            return
+        c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 1000000\r\n\r\npartial")
+        c.settimeout(10)
+        try:
+            c.recv(1)  # until the gateway closes
+        except OSError:
+            pass
+
+
+def test_a_response_set_aside_for_a_retry_is_not_read_to_its_end(gateway, upstream, tmp_path):
+    """proxy_next_upstream http_503: the next server is tried at once, as NGINX does (it
+    closes the connection); the 503's body used to be read to its end first, here until
+    proxy_read_timeout, after which the peer was logged 504 and counted as failed."""
+    holds = Holds503()
+    log = tmp_path / "retry.log"
+    try:
+        gw = gateway(f"""
+log_format r '$upstream_addr|$upstream_status';
+upstream grp {{ server 127.0.0.1:{holds.port} max_fails=0; server 127.0.0.1:{upstream.port}; }}
+server {{
+    listen 127.0.0.1:{{port}};
+    location / {{ proxy_pass http://grp; proxy_next_upstream http_503; proxy_read_timeout 3s;
+                 access_log {log} r; }}
+}}
+""")
+        for _ in range(2):  # round robin: one of the two starts at the holding peer
+            t0 = time.monotonic()
+            r = request(gw.port, "GET", "/x", timeout=10)
+            assert r.status == 200 and time.monotonic() - t0 < 1.5, (r.status, time.monotonic() - t0)
+        wait_until(lambda: log.exists() and log.read_text().count("\n") >= 2, what="2 log lines")
+        assert f"127.0.0.1:{holds.port}, 127.0.0.1:{upstream.port}|503, 200" in log.read_text().splitlines()
+    finally:
+        holds.close()

@@ -23,7 +23,7 @@ from jwtgate.http.uri import escape_path
 from jwtgate.http.writer import chunk, valid_field_name, valid_field_value
 from jwtgate.modules.base import Module, Phase
 from jwtgate.upstream.balancer import Balancer, Peer
-from jwtgate.upstream.client import Exchange
+from jwtgate.upstream.client import DISCARD, Exchange
 from jwtgate.upstream.pool import ConnectionPool
 
 __all__ = ["ProxyModule", "UpstreamGroup"]
@@ -257,19 +257,6 @@ def parse_next_upstream(build: Any, d: Any) -> NextUpstream | None:
     return NextUpstream(frozenset(kinds), frozenset(statuses), non_idempotent)
 
 
-class _Discard:
-    """A sink for a response that will not reach the client (it is retried elsewhere)."""
-
-    writing_paused = False
-
-    def write(self, data: bytes) -> None: ...
-    def flush(self) -> None: ...
-    def end(self) -> None: ...
-    def on_writable(self, pause: Any, resume: Any) -> None: ...
-    def clear_writable(self) -> None: ...
-
-
-_DISCARD = _Discard()
 
 # On a 101 the Upgrade field goes through; the gateway writes its own Connection.
 _HIDE_101 = _HIDE_RESPONSE - {b"upgrade"}
@@ -848,7 +835,7 @@ class _Attempt:
         if status in handler.retry_statuses and handler._may_retry(
                 ctx, self.tried, self.start, sent=True, body_started=self.has_body):
             self.retried = status
-            return _DISCARD
+            return DISCARD
         if status == 101 and not responder.upgrade_pending:
             # An invalid answer, like a bad header: 502, counted against the peer and
             # retried under proxy_next_upstream invalid_header; nothing was sent yet.

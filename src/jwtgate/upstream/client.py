@@ -19,7 +19,7 @@ import httptools
 from jwtgate.errors import UpstreamError
 from jwtgate.writebatch import batch_for
 
-__all__ = ["Sink", "Exchange", "UpstreamConnection"]
+__all__ = ["DISCARD", "Sink", "Exchange", "UpstreamConnection"]
 
 
 class Sink(Protocol):
@@ -36,6 +36,24 @@ class Sink(Protocol):
 
 #: ``on_head(status, headers, content_length) -> sink``: start the client response.
 HeadCallback = Callable[[int, list[tuple[bytes, bytes]], "int | None"], Sink]
+
+
+class _Discard:
+    """The sink for a response set aside for a retry (``proxy_next_upstream http_503``...):
+    nothing of it reaches the client, and it is not read to its end (see
+    :meth:`UpstreamConnection.on_headers_complete`)."""
+
+    writing_paused = False
+
+    def write(self, data: bytes) -> None: ...
+    def flush(self) -> None: ...
+    def end(self) -> None: ...
+    def on_writable(self, pause: Any, resume: Any) -> None: ...
+    def clear_writable(self) -> None: ...
+
+
+#: what an exchange's ``on_head`` returns to drop the response and close the connection
+DISCARD = _Discard()
 
 
 class Exchange:
@@ -350,6 +368,12 @@ class UpstreamConnection(asyncio.Protocol):
         # responder sends no body for HEAD, 204 and 304 whatever the length says.
         sink = ex.on_head(status, ex.headers, ex.length)
         ex.sink = sink
+        if sink is DISCARD:
+            # As NGINX does before trying the next server: close, without waiting for the
+            # body (which may be large, or never end).
+            ex.finish()
+            self.abort()
+            return
         sink.on_writable(*self._flow)
         if sink.writing_paused:
             self._pause_reading()
