@@ -319,3 +319,32 @@ def test_a_chunked_body_in_a_request_that_asks_to_upgrade_is_refused(gateway):
         assert up.bodies == []  # nothing reached the upstream
     finally:
         up.close()
+
+
+def test_an_upgrade_pipelined_behind_a_plain_request_is_served_after_it(gateway):
+    """The Upgrade belongs to the request that asked: the GET in front of it is answered and
+    kept alive, then the upgrade is served (it used to be dropped with the connection, after
+    a GET answered without Connection: close)."""
+    ws = EchoWebSocketServer()
+    try:
+        gw = gateway(CONF.format(ws_port=ws.port, headers=UPGRADE_HEADERS))
+        key = base64.b64encode(os.urandom(16))
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        with s:
+            s.sendall(f"GET /ws/plain?token={POST_TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                      + f"GET /ws/chat?token={POST_TOKEN} HTTP/1.1\r\nHost: x\r\n".encode()
+                      + b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                      + b"Sec-WebSocket-Key: " + key + b"\r\n\r\n")
+            data = b""
+            while b"HTTP/1.1 101 " not in data or not data.endswith(b"hello"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            first, _, rest = data.partition(b"\r\n\r\nplain")
+            assert first.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in first, data
+            assert rest.startswith(b"HTTP/1.1 101 ") and rest.endswith(b"\r\n\r\nhello"), data
+            s.sendall(b"ping")
+            assert s.recv(100) == b"ping"
+    finally:
+        ws.close()

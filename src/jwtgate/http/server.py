@@ -192,11 +192,14 @@ class Responder:
     """
 
     __slots__ = ("_proto", "ctx", "started", "finished", "_chunked", "head_only", "keep_alive",
-                 "_remaining", "_out")
+                 "_remaining", "_out", "upgrade_pending")
 
-    def __init__(self, proto: HttpProtocol, ctx: RequestContext, keep_alive: bool) -> None:
+    def __init__(self, proto: HttpProtocol, ctx: RequestContext, keep_alive: bool,
+                 upgrade: bool = False) -> None:
         self._proto = proto
         self.ctx = ctx
+        #: this request asked to switch protocols (Upgrade) and waits for the answer
+        self.upgrade_pending = upgrade
         self.started = False
         self.finished = False
         self._chunked = False
@@ -351,11 +354,6 @@ class Responder:
         """Wait until the client socket accepts more data."""
         await self._proto.drain()
 
-    @property
-    def upgrade_pending(self) -> bool:
-        """Whether the client asked to switch protocols and waits for the answer."""
-        return self._proto.upgrade_pending
-
     def switch_protocols(self, headers: list[tuple[bytes, bytes]]) -> None:
         """Write ``101 Switching Protocols`` with ``headers`` (which carry ``Upgrade``)."""
         ctx = self.ctx
@@ -457,7 +455,8 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.conn: ConnectionInfo | None = None
         self._parser = httptools.HttpRequestParser(self)
-        self._queue: deque[tuple[RequestContext | None, HTTPError | None, bool]] = deque()
+        #: requests read and not yet served: (context or None, framing error, keep-alive, upgrade)
+        self._queue: deque[tuple[RequestContext | None, HTTPError | None, bool, bool]] = deque()
         #: the connection's task (see _serve), from its first request on
         self._task: asyncio.Task[None] | None = None
         #: resolved by _next when a request is dispatched while the task waits for one
@@ -489,8 +488,7 @@ class HttpProtocol(asyncio.Protocol):
         #: a head began during this feed_data: client_header_timeout starts when it returns
         self._head_new = False
         self.active = False
-        #: the last request asked to switch protocols; ``upgrade_tail`` is what followed it
-        self.upgrade_pending = False
+        #: what followed the head of a request that asks to switch protocols (a tunnel's first bytes)
         self.upgrade_tail = b""
         #: body octets of an upgrading request still to come (llhttp does not parse them)
         self._raw_left = 0
@@ -720,7 +718,6 @@ class HttpProtocol(asyncio.Protocol):
             # The head asked for another protocol; what follows is not HTTP. Keep it for a
             # tunnel if the upstream agrees (101); otherwise answer and close.
             self._bad = True
-            self.upgrade_pending = True
             tail = data[int(e.args[0]):] if e.args else b""
             if self._raw_left:
                 # llhttp stops right after an upgrading head, even when it declares a body;
@@ -784,7 +781,7 @@ class HttpProtocol(asyncio.Protocol):
             if not self.active and not self._queue:
                 self.close()
             return
-        self._queue.append((None, err, False))
+        self._queue.append((None, err, False, False))
         self._next()
 
     def on_message_begin(self) -> None:
@@ -832,7 +829,8 @@ class HttpProtocol(asyncio.Protocol):
         if not body.complete and not body.expect_continue:
             self._set_timer(self._limits.client_body_timeout)
             self._body_timing = True
-        self._queue.append((ctx, None, keep_alive))
+        # (whether it asks to upgrade is its own: a request pipelined before it does not)
+        self._queue.append((ctx, None, keep_alive, parser.should_upgrade()))
         self._next()
 
     def _make_context(self, parser: Any) -> tuple[RequestContext, RequestBody]:
@@ -891,7 +889,7 @@ class HttpProtocol(asyncio.Protocol):
             if not self.active:
                 self._wakeup = w = self._loop.create_future()
                 await w
-            ctx, err, keep_alive = queue.popleft()
+            ctx, err, keep_alive, upgrade = queue.popleft()
             try:
                 if ctx is None:
                     assert err is not None
@@ -901,7 +899,7 @@ class HttpProtocol(asyncio.Protocol):
                 conn.requests += 1
                 if conn.requests >= limits.keepalive_requests or self._closing:
                     keep_alive = False
-                responder = Responder(self, ctx, keep_alive)
+                responder = Responder(self, ctx, keep_alive, upgrade)
                 ctx.responder = responder
                 self._handling = True
                 try:
@@ -913,7 +911,8 @@ class HttpProtocol(asyncio.Protocol):
                     responder.keep_alive = False
                     if not responder.started:
                         responder.send(500)
-                keep_alive = responder.keep_alive and responder.finished and not self.upgrade_pending
+                # (an upgrade that did not happen: what follows its head is not HTTP)
+                keep_alive = responder.keep_alive and responder.finished and not upgrade
                 body = ctx.body
                 if not body.complete:
                     pending = (body.length or 0) - body.received
