@@ -819,7 +819,9 @@ class HttpProtocol(asyncio.Protocol):
         parser = self._parser
         assert self.conn is not None
         ctx, body = self._make_context(parser)
-        if body.present and parser.should_upgrade():
+        # (whether it asks to upgrade is its own: a request pipelined before it does not)
+        upgrade = parser.should_upgrade()
+        if upgrade and not body.complete:
             if body.chunked:
                 # Its framing would have to be parsed by hand; no upgrade needs one.
                 raise HTTPError(400, "a chunked body in a request that asks to upgrade")
@@ -829,8 +831,7 @@ class HttpProtocol(asyncio.Protocol):
         if not body.complete and not body.expect_continue:
             self._set_timer(self._limits.client_body_timeout)
             self._body_timing = True
-        # (whether it asks to upgrade is its own: a request pipelined before it does not)
-        self._queue.append((ctx, None, keep_alive, parser.should_upgrade()))
+        self._queue.append((ctx, None, keep_alive, upgrade))
         self._next()
 
     def _make_context(self, parser: Any) -> tuple[RequestContext, RequestBody]:
