@@ -488,3 +488,51 @@ server {{
         assert f"127.0.0.1:{holds.port}, 127.0.0.1:{upstream.port}|503, 200" in log.read_text().splitlines()
     finally:
         holds.close()
+
+
+class ReadsBody(SocketUpstream):
+    """Reads a request with a Content-Length body, then answers 200 with that body."""
+
+    def serve(self, c: socket.socket) -> None:
+        c.settimeout(10)
+        data = recv_head(c)
+        if data is None:
+            return
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        while len(rest) < length:
+            chunk = c.recv(4096)
+            if not chunk:
+                return
+            rest += chunk
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length + rest)
+
+
+def test_a_slow_request_body_is_not_the_upstreams_silence(gateway):
+    """proxy_read_timeout starts once the request is sent (NGINX): a client sending its body
+    slower than that, but within client_body_timeout, gets its answer; it used to get a 502
+    with the peer counted as failed."""
+    up = ReadsBody()
+    try:
+        gw = gateway(f"""
+server {{
+    listen 127.0.0.1:{{port}};
+    client_body_timeout 3s;
+    location / {{ proxy_pass http://127.0.0.1:{up.port}; proxy_read_timeout 1s; }}
+}}
+""")
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        with s:
+            s.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+            for octet in (b"a", b"b", b"c"):
+                time.sleep(0.8)  # 2.4 s in all: past proxy_read_timeout, within client_body_timeout
+                s.sendall(octet)
+            data = recv_head(s) or b""
+            while not data.endswith(b"abc") and len(data) < 1000:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\nabc"), data
+    finally:
+        up.close()

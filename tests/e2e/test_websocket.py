@@ -348,3 +348,69 @@ def test_an_upgrade_pipelined_behind_a_plain_request_is_served_after_it(gateway)
             assert s.recv(100) == b"ping"
     finally:
         ws.close()
+
+
+class SwitchesAtOnce(SocketUpstream):
+    """Answers 101 right after the head, without reading any body, greets with ``HELLO``,
+    then echoes every byte (body octets included: they are the client's, in order)."""
+
+    def serve(self, c: socket.socket) -> None:
+        c.settimeout(10)
+        data = recv_head(c)
+        if data is None:
+            return
+        rest = data.partition(b"\r\n\r\n")[2]
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        c.sendall(b"HELLO")
+        if rest:
+            c.sendall(rest)
+        while True:
+            try:
+                chunk = c.recv(4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            c.sendall(chunk)
+
+
+def test_an_upstream_that_switches_before_the_body_is_sent_gets_every_byte_in_order(gateway):
+    """The body of an upgrading request may still be arriving when the upstream answers 101
+    (WebSocket servers do not wait for it): the rest of the body and all later bytes go
+    through the tunnel in order, the upstream's greeting reaches the client, and
+    client_body_timeout does not fire inside the live tunnel."""
+    up = SwitchesAtOnce()
+    try:
+        gw = gateway(f"""
+server {{
+    listen 127.0.0.1:{{port}};
+    client_body_timeout 1s;
+    location / {{ proxy_pass http://127.0.0.1:{up.port}; proxy_read_timeout 5s; {UPGRADE_HEADERS} }}
+}}
+""")
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        with s:
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Content-Length: 11\r\n\r\nhel")
+            got = b""
+
+            def until(suffix: bytes) -> None:
+                nonlocal got
+                while not got.endswith(suffix):
+                    chunk = s.recv(4096)
+                    assert chunk, got
+                    got += chunk
+
+            until(b"HELLOhel")  # after the 101: the greeting, though the body is not all here
+            for part in (b"lo wo", b"rld", b"TUNNEL"):
+                time.sleep(0.2)
+                s.sendall(part)
+            until(b"TUNNEL")
+            assert got.startswith(b"HTTP/1.1 101 ")
+            assert got.split(b"\r\n\r\n", 1)[1] == b"HELLOhello worldTUNNEL", got
+            for i in range(6):  # 1.8 s: past client_body_timeout, the tunnel still carries
+                time.sleep(0.3)
+                s.sendall(b"ping%d" % i)
+                until(b"ping%d" % i)
+    finally:
+        up.close()

@@ -92,7 +92,7 @@ class RequestBody:
     """
 
     __slots__ = ("length", "chunked", "complete", "received", "_chunks", "_buffered", "_waiter",
-                 "_proto", "discard", "error", "expect_continue", "limit")
+                 "_proto", "discard", "error", "expect_continue", "limit", "_interrupted")
 
     def __init__(self, proto: HttpProtocol, length: int | None, chunked: bool) -> None:
         self.length = length
@@ -110,6 +110,7 @@ class RequestBody:
         #: largest body accepted, bytes (the location's ``client_max_body_size``); 0: no limit.
         #: ``None`` until the location is known; arriving bytes wait in the buffer meanwhile.
         self.limit: int | None = None
+        self._interrupted = False
 
     @property
     def present(self) -> bool:
@@ -141,6 +142,23 @@ class RequestBody:
         self.error = exc
         self._wake()
 
+    def interrupt(self, *_: Any) -> None:
+        """Make a waiting (or the next) :meth:`read` return ``b""`` at once, whether or not
+        the body is complete: the reader has something else to attend to (its upstream
+        answered). A done-callback, hence the ignored arguments."""
+        self._interrupted = True
+        self._wake()
+
+    def take_buffered(self) -> bytes:
+        """What is buffered and unread, at once; the body counts as complete from now on
+        (an upgrade: the rest of the client's bytes go through the tunnel)."""
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        self.complete = True
+        self._proto.resume_reading("body")
+        return data
+
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
@@ -161,6 +179,9 @@ class RequestBody:
                 self._proto.body_wanted(self)
         while not self._chunks:
             if self.complete:
+                return b""
+            if self._interrupted:
+                self._interrupted = False
                 return b""
             if self.error is not None:
                 if isinstance(self.error, HTTPError):
@@ -379,8 +400,15 @@ class Responder:
         proto.flow_listener = (upstream.pause_reading, upstream.resume_reading)
         upstream.flow_listener = (lambda: proto.pause_reading("tunnel"), lambda: proto.resume_reading("tunnel"))
         tail, proto.upgrade_tail = proto.upgrade_tail, b""
+        body = self.ctx.body
+        if body is not None and not body.complete:
+            # The upstream switched before the whole body came: the rest of the body and
+            # whatever follows it are the tunnel's, in order.
+            tail = body.take_buffered() + tail
+            proto.end_raw_body()
         tunnel.start(tail, upstream_tail)
         proto.resume_reading("upgrade")
+        upstream.resume_reading()  # (paused if its bytes came before the tunnel was made)
         return tunnel
 
     def send(self, status: int, headers: list[tuple[bytes, bytes]] | None = None,
@@ -767,6 +795,14 @@ class HttpProtocol(asyncio.Protocol):
         self.upgrade_tail += data[n:]
         self.pause_reading("upgrade")
         self.on_message_complete()
+
+    def end_raw_body(self) -> None:
+        """An upgrading request's body ends where the tunnel begins: take no more raw body
+        bytes, and stop its client_body_timeout."""
+        self._raw_left = 0
+        if self._body_timing:
+            self._cancel_timer()
+        self._current_body = None
 
     def _reject(self, err: HTTPError) -> None:
         """A framing error: answer it in turn, then close; parse nothing more."""

@@ -769,26 +769,39 @@ class ProxyHandler:
         """
         body = ctx.body
         chunked = body.length is None
-        while True:
-            if ex.head_seen:
-                return False
-            data = await body.read()
-            if ex.head_seen:
-                return False
-            if conn.closed:
-                raise UpstreamError(502, "upstream prematurely closed connection while sending request body")
-            if not data:
-                break
-            conn.write(chunk(data) if chunked else data)
-            try:
-                await conn.drain(self.send_timeout)
-            except UpstreamError:
+        # An answer must not wait for the client's next bytes (a 101 is a tunnel to start).
+        ex.done.add_done_callback(body.interrupt)
+        # NGINX's proxy_read_timeout runs once the request is sent: a client sending its
+        # body slowly is client_body_timeout's business, not a silent upstream.
+        conn.hold_read_timer(True)
+        try:
+            while True:
                 if ex.head_seen:
                     return False
-                raise
-        if chunked:
-            conn.write(b"0\r\n\r\n")
-        return True
+                data = await body.read()
+                if ex.head_seen:
+                    if data and ex.status == 101 and not conn.closed:
+                        conn.write(data)  # the upstream switched: the rest is its, in order
+                    return False
+                if ex.done.done():
+                    ex.done.result()  # the exchange failed meanwhile: its own error
+                if conn.closed:
+                    raise UpstreamError(502, "upstream prematurely closed connection while sending request body")
+                if not data:
+                    break
+                conn.write(chunk(data) if chunked else data)
+                try:
+                    await conn.drain(self.send_timeout)
+                except UpstreamError:
+                    if ex.head_seen:
+                        return False
+                    raise
+            if chunked:
+                conn.write(b"0\r\n\r\n")
+            return True
+        finally:
+            conn.hold_read_timer(False)
+            ex.done.remove_done_callback(body.interrupt)
 
 
 def seconds_text(value: float | str) -> str:

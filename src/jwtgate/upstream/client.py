@@ -141,6 +141,8 @@ class UpstreamConnection(asyncio.Protocol):
         #: reading is paused because the client does not take the response: not the
         #: upstream's silence, so proxy_read_timeout does not run (the client's send_timeout does)
         self._held = False
+        #: the request body is still being sent: proxy_read_timeout has not started
+        self._sending = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self.idle_since = 0.0
@@ -214,11 +216,19 @@ class UpstreamConnection(asyncio.Protocol):
         """Detach the finished exchange (the connection may then go back to the pool)."""
         ex = self.exchange
         self.exchange = None
-        self._held = False  # (the pool resumes reading on release)
+        self._held = self._sending = False  # (the pool resumes reading on release)
         if ex is None or not ex.parsed:
             # Mid-message (a HEAD answer's announced body, an abandoned exchange): a new
             # exchange needs a fresh parser.
             self._parser = None
+
+    def hold_read_timer(self, held: bool) -> None:
+        """Stop (``True``) or start again (``False``) proxy_read_timeout for the exchange,
+        while its request body is being sent (NGINX starts the timer once the request is)."""
+        self._sending = held
+        ex = self.exchange
+        if not held and ex is not None:
+            ex.last_read = time.monotonic()
 
     def write(self, data: bytes) -> None:
         """Send request bytes (at the end of the loop's turn, see jwtgate.writebatch)."""
@@ -271,7 +281,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._timer = None
         if ex is None or ex.complete:
             return
-        if self._held:
+        if self._held or self._sending:
             self._arm(ex.read_timeout)
             return
         idle = time.monotonic() - ex.last_read
@@ -291,6 +301,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.tunnel.from_upstream(data)
             return
         ex = self.exchange
+        if ex is not None and ex.status == 101 and ex.complete:
+            # The upstream switched protocols and speaks first; the tunnel is not made yet:
+            # keep its bytes for it (reading no more than a buffer's worth meanwhile).
+            ex.upgrade_tail += data
+            if len(ex.upgrade_tail) > 65536:
+                self._pause_reading()
+            return
         if ex is None or self._parser is None:
             # Bytes from an idle upstream connection: it is out of step; never reuse it.
             self.abort()
