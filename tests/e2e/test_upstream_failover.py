@@ -536,3 +536,26 @@ server {{
         assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\nabc"), data
     finally:
         up.close()
+
+
+def test_a_client_that_leaves_before_the_answer_is_logged_499(gateway, tmp_path):
+    """NGINX's 499 (client closed request): the request is given up when its client goes,
+    and logged as such, with the peer it was waiting for (it used to be logged 000)."""
+    silent = Silent()
+    log = tmp_path / "gone.log"
+    try:
+        gw = gateway(f"""
+log_format gone '$status|$upstream_addr|$request';
+server {{
+    listen 127.0.0.1:{{port}};
+    location / {{ proxy_pass http://127.0.0.1:{silent.port}; proxy_read_timeout 30s; access_log {log} gone; }}
+}}
+""")
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        s.sendall(b"GET /waiting HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(lambda: silent.conns, what="the request upstream")
+        s.close()
+        wait_until(lambda: log.exists() and log.read_text().count("\n") >= 1, what="a log line")
+        assert log.read_text().splitlines() == [f"499|127.0.0.1:{silent.port}|GET /waiting HTTP/1.1"]
+    finally:
+        silent.close()

@@ -567,8 +567,11 @@ class HttpProtocol(asyncio.Protocol):
 
         What is already answered goes out first. A request whose handler is under way (waiting
         for its upstream) is given up, as NGINX does (499, ``proxy_ignore_client_abort off``),
-        so a gone client holds no upstream connection. Requests read but not yet started
-        (pipelined before the half-close) are answered, then the connection closes.
+        so a gone client holds no upstream connection; the connection then closes, and
+        requests pipelined behind it are not answered. When no handler is under way, requests
+        read but not yet started (pipelined before the half-close) are answered, then the
+        connection closes. (Pipelined requests pause reading, so the end of input is often
+        seen only once a later request is under way.)
 
         Returns:
             Whether to keep the transport open for those answers (asyncio's protocol rule).

@@ -709,9 +709,21 @@ class ProxyHandler:
                     continue
                 raise
             except BaseException:
+                # The client went (cancelled: NGINX's 499), or a bug: the attempt is listed
+                # all the same, with "-" for the status it never got, as NGINX lists it.
                 ex.abandoned = True
                 conn.abort()
                 pool.release(conn, False)
+                if head_cb.retried or not ex.head_seen:
+                    ctx.upstream_status = _append(ctx.upstream_status,
+                                                  str(head_cb.retried) if head_cb.retried else "-")
+                    if ctx.extra is None:
+                        ctx.extra = {}
+                    # (the statistics count it as a request to the peer, not as its response)
+                    ctx.extra.setdefault("upstream_failed", set()).add(
+                        ctx.upstream_addr.count(", ") + 1 if ctx.upstream_addr else 0)
+                ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)
+                ctx.upstream_response_time = _this_attempt(times, 0, time.monotonic() - attempt)
                 raise
             finally:
                 peer.active -= 1

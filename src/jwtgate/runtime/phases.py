@@ -95,6 +95,8 @@ class Dispatcher:
             else:
                 await self._error(ctx, e.status)
         except asyncio.CancelledError:
+            if not responder.started:
+                ctx.status = 499  # NGINX's "client closed request", for the log phase below
             raise
         except Exception:
             log.exception("unexpected error while serving %s %s", ctx.method, ctx.uri)
