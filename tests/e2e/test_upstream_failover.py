@@ -559,3 +559,42 @@ server {{
         assert log.read_text().splitlines() == [f"499|127.0.0.1:{silent.port}|GET /waiting HTTP/1.1"]
     finally:
         silent.close()
+
+
+class HoldsBody(SocketUpstream):
+    """Answers 200 with a Content-Length body it sends only the start of, then holds."""
+
+    def serve(self, c: socket.socket) -> None:
+        if recv_head(c) is None:
+            return
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nstart")
+        c.settimeout(10)
+        try:
+            c.recv(1)
+        except OSError:
+            pass
+
+
+def test_a_client_that_leaves_mid_response_is_logged_with_the_peer(gateway, tmp_path):
+    """The response had started (200 is what the client got the head of); the peer that
+    sent it is listed (it used to be "-" while $upstream_status said 200)."""
+    up = HoldsBody()
+    log = tmp_path / "gone.log"
+    try:
+        gw = gateway(f"""
+log_format gone '$status|$upstream_addr|$upstream_status|$upstream_response_time';
+server {{
+    listen 127.0.0.1:{{port}};
+    location / {{ proxy_pass http://127.0.0.1:{up.port}; proxy_read_timeout 30s; access_log {log} gone; }}
+}}
+""")
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        s.sendall(b"GET /part HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (recv_head(s) or b"").startswith(b"HTTP/1.1 200 ")
+        s.close()
+        wait_until(lambda: log.exists() and log.read_text().count("\n") >= 1, what="a log line")
+        status, addr, ustatus, rt = log.read_text().splitlines()[0].split("|")
+        assert (status, addr, ustatus) == ("200", f"127.0.0.1:{up.port}", "200"), log.read_text()
+        assert float(rt) >= 0
+    finally:
+        up.close()
