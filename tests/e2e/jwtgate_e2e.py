@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -379,6 +380,36 @@ def recv_head(c: socket.socket) -> bytes | None:
             return None
         data += chunk
     return data
+
+
+def recv_until(s: socket.socket, suffix: bytes = b"") -> bytes:
+    """Read from ``s`` until what was read ends with ``suffix`` (when given) or the peer
+    closes; returns every byte read."""
+    data = b""
+    while not (suffix and data.endswith(suffix)):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def recv_request(c: socket.socket) -> tuple[bytes, bytes, bytes] | None:
+    """Read one request with its ``Content-Length`` body (0 without one) from ``c``:
+    ``(head, body, rest)``, the head without its blank line, ``rest`` whatever came after
+    the body; ``None`` if the peer closed first."""
+    data = recv_head(c)
+    if data is None:
+        return None
+    head, _, rest = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length: *(\d+)\r?$", head)
+    length = int(m.group(1)) if m else 0
+    while len(rest) < length:
+        chunk = c.recv(65536)
+        if not chunk:
+            return None
+        rest += chunk
+    return head, rest[:length], rest[length:]
 
 
 class SocketUpstream:

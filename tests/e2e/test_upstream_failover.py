@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from jwtgate_e2e import SocketUpstream, free_port, recv_head, request, wait_until
+from jwtgate_e2e import SocketUpstream, free_port, recv_head, recv_request, recv_until, request, wait_until
 
 
 class Dead:
@@ -450,13 +450,18 @@ server {{
         up.close()
 
 
-class Holds503(SocketUpstream):
-    """Answers 503 with a Content-Length body it never sends (it holds the connection)."""
+class SendsThenHolds(SocketUpstream):
+    """Answers every request with ``answer`` (a head and the start of the body it announces),
+    then holds the connection until the gateway closes it."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        super().__init__()
 
     def serve(self, c: socket.socket) -> None:
         if recv_head(c) is None:
             return
-        c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 1000000\r\n\r\npartial")
+        c.sendall(self.answer)
         c.settimeout(10)
         try:
             c.recv(1)  # until the gateway closes
@@ -468,7 +473,7 @@ def test_a_response_set_aside_for_a_retry_is_not_read_to_its_end(gateway, upstre
     """proxy_next_upstream http_503: the next server is tried at once, as NGINX does (it
     closes the connection); the 503's body used to be read to its end first, here until
     proxy_read_timeout, after which the peer was logged 504 and counted as failed."""
-    holds = Holds503()
+    holds = SendsThenHolds(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 1000000\r\n\r\npartial")
     log = tmp_path / "retry.log"
     try:
         gw = gateway(f"""
@@ -495,17 +500,10 @@ class ReadsBody(SocketUpstream):
 
     def serve(self, c: socket.socket) -> None:
         c.settimeout(10)
-        data = recv_head(c)
-        if data is None:
-            return
-        head, _, rest = data.partition(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-        while len(rest) < length:
-            chunk = c.recv(4096)
-            if not chunk:
-                return
-            rest += chunk
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length + rest)
+        got = recv_request(c)
+        if got is not None:
+            body = got[1]
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
 
 
 def test_a_slow_request_body_is_not_the_upstreams_silence(gateway):
@@ -527,12 +525,7 @@ server {{
             for octet in (b"a", b"b", b"c"):
                 time.sleep(0.8)  # 2.4 s in all: past proxy_read_timeout, within client_body_timeout
                 s.sendall(octet)
-            data = recv_head(s) or b""
-            while not data.endswith(b"abc") and len(data) < 1000:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+            data = recv_until(s, b"abc")
         assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\nabc"), data
     finally:
         up.close()
@@ -561,24 +554,10 @@ server {{
         silent.close()
 
 
-class HoldsBody(SocketUpstream):
-    """Answers 200 with a Content-Length body it sends only the start of, then holds."""
-
-    def serve(self, c: socket.socket) -> None:
-        if recv_head(c) is None:
-            return
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nstart")
-        c.settimeout(10)
-        try:
-            c.recv(1)
-        except OSError:
-            pass
-
-
 def test_a_client_that_leaves_mid_response_is_logged_with_the_peer(gateway, tmp_path):
     """The response had started (200 is what the client got the head of); the peer that
     sent it is listed (it used to be "-" while $upstream_status said 200)."""
-    up = HoldsBody()
+    up = SendsThenHolds(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nstart")
     log = tmp_path / "gone.log"
     try:
         gw = gateway(f"""

@@ -8,7 +8,8 @@ import os
 import socket
 import time
 
-from jwtgate_e2e import POST_TOKEN, SocketUpstream, free_port, recv_head, wait_until
+from jwtgate_e2e import (POST_TOKEN, SocketUpstream, free_port, raw, recv_head, recv_request, recv_until,
+                         wait_until)
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -35,11 +36,19 @@ class EchoWebSocketServer(SocketUpstream):
                   b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\nhello")
         if rest:
             c.sendall(rest)
-        while True:
+        echo(c)
+
+
+def echo(c: socket.socket) -> None:
+    """Send back every byte ``c`` receives, until it closes (or fails)."""
+    while True:
+        try:
             chunk = c.recv(65536)
-            if not chunk:
-                return
-            c.sendall(chunk)
+        except OSError:
+            return
+        if not chunk:
+            return
+        c.sendall(chunk)
 
 
 CONF = """
@@ -222,30 +231,17 @@ class BodyThenMaybeUpgrade(SocketUpstream):
 
     def serve(self, c: socket.socket) -> None:
         c.settimeout(5)
-        data = recv_head(c)
-        if data is None:
+        got = recv_request(c)
+        if got is None:
             return
-        head, _, rest = data.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while len(rest) < length:
-            chunk = c.recv(4096)
-            if not chunk:
-                return
-            rest += chunk
-        self.bodies.append(rest[:length])
+        head, body, rest = got
+        self.bodies.append(body)
         if b" /up" in head.split(b"\r\n")[0]:
             c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-                      + rest[length:])
-            while True:
-                chunk = c.recv(4096)
-                if not chunk:
-                    return
-                c.sendall(chunk)
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length + rest[:length])
+                      + rest)
+            echo(c)
+            return
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
 
 
 UPGRADE_BODY_CONF = """
@@ -271,12 +267,7 @@ def test_the_body_of_a_request_that_asks_to_upgrade_goes_upstream(gateway):
             s.sendall(b"defg")  # the body arrives in three reads
             time.sleep(0.2)
             s.sendall(b"hij")
-            data = b""
-            while b"\r\n\r\n" not in data or not data.endswith(b"abcdefghij"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+            data = recv_until(s, b"\r\n\r\nabcdefghij")
         assert data.startswith(b"HTTP/1.1 200 "), data[:100]
         assert data.endswith(b"\r\n\r\nabcdefghij") and up.bodies == [b"abcdefghij"]
 
@@ -286,12 +277,7 @@ def test_the_body_of_a_request_that_asks_to_upgrade_goes_upstream(gateway):
         with s:
             s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                       b"Content-Length: 4\r\n\r\nBODYframe1")
-            data = b""
-            while not data.endswith(b"frame1"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+            data = recv_until(s, b"frame1")
             assert data.startswith(b"HTTP/1.1 101 ") and data.endswith(b"\r\n\r\nframe1"), data
             s.sendall(b"frame2")
             assert s.recv(100) == b"frame2"
@@ -304,16 +290,8 @@ def test_a_chunked_body_in_a_request_that_asks_to_upgrade_is_refused(gateway):
     up = BodyThenMaybeUpgrade()
     try:
         gw = gateway(UPGRADE_BODY_CONF.format(port=up.port))
-        s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
-        with s:
-            s.sendall(b"POST /plain HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+        data = raw(gw.port, b"POST /plain HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                            b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in data, data[:200]
         time.sleep(0.2)
         assert up.bodies == []  # nothing reached the upstream
@@ -335,12 +313,7 @@ def test_an_upgrade_pipelined_behind_a_plain_request_is_served_after_it(gateway)
                       + f"GET /ws/chat?token={POST_TOKEN} HTTP/1.1\r\nHost: x\r\n".encode()
                       + b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                       + b"Sec-WebSocket-Key: " + key + b"\r\n\r\n")
-            data = b""
-            while b"HTTP/1.1 101 " not in data or not data.endswith(b"hello"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+            data = recv_until(s, b"hello")  # (the 101's first tunnel bytes)
             first, _, rest = data.partition(b"\r\n\r\nplain")
             assert first.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in first, data
             assert rest.startswith(b"HTTP/1.1 101 ") and rest.endswith(b"\r\n\r\nhello"), data
@@ -364,14 +337,7 @@ class SwitchesAtOnce(SocketUpstream):
         c.sendall(b"HELLO")
         if rest:
             c.sendall(rest)
-        while True:
-            try:
-                chunk = c.recv(4096)
-            except OSError:
-                return
-            if not chunk:
-                return
-            c.sendall(chunk)
+        echo(c)
 
 
 def test_an_upstream_that_switches_before_the_body_is_sent_gets_every_byte_in_order(gateway):
@@ -392,25 +358,18 @@ server {{
         with s:
             s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                       b"Content-Length: 11\r\n\r\nhel")
-            got = b""
-
-            def until(suffix: bytes) -> None:
-                nonlocal got
-                while not got.endswith(suffix):
-                    chunk = s.recv(4096)
-                    assert chunk, got
-                    got += chunk
-
-            until(b"HELLOhel")  # after the 101: the greeting, though the body is not all here
+            # after the 101: the greeting, though the body is not all here
+            got = recv_until(s, b"HELLOhel")
+            assert got.endswith(b"HELLOhel"), got
             for part in (b"lo wo", b"rld", b"TUNNEL"):
                 time.sleep(0.2)
                 s.sendall(part)
-            until(b"TUNNEL")
+            got += recv_until(s, b"TUNNEL")
             assert got.startswith(b"HTTP/1.1 101 ")
             assert got.split(b"\r\n\r\n", 1)[1] == b"HELLOhello worldTUNNEL", got
             for i in range(6):  # 1.8 s: past client_body_timeout, the tunnel still carries
                 time.sleep(0.3)
                 s.sendall(b"ping%d" % i)
-                until(b"ping%d" % i)
+                assert recv_until(s, b"ping%d" % i).endswith(b"ping%d" % i)
     finally:
         up.close()

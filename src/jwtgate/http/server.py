@@ -404,8 +404,7 @@ class Responder:
         if body is not None and not body.complete:
             # The upstream switched before the whole body came: the rest of the body and
             # whatever follows it are the tunnel's, in order.
-            tail = body.take_buffered() + tail
-            proto.end_raw_body()
+            tail = proto.end_raw_body(body) + tail
         tunnel.start(tail, upstream_tail)
         proto.resume_reading("upgrade")
         upstream.resume_reading()  # (paused if its bytes came before the tunnel was made)
@@ -781,14 +780,11 @@ class HttpProtocol(asyncio.Protocol):
     def _take_raw_body(self, data: bytes) -> None:
         """Body bytes of an upgrading request (``Content-Length``), which llhttp leaves
         unparsed: the first ``_raw_left`` octets are the body, the rest is the new protocol's."""
-        body = self._current_body
         n = min(len(data), self._raw_left)
         self._raw_left -= n
-        if body is not None and n:
-            if self._body_timing:
-                self._deadline = self._loop.time() + self._limits.client_body_timeout
+        if n:
             try:
-                body.feed(data[:n])
+                self.on_body(data[:n])
             except HTTPError as err:  # 413 once the location's client_max_body_size is known
                 self._raw_left = 0
                 self._reject(err)
@@ -799,13 +795,15 @@ class HttpProtocol(asyncio.Protocol):
         self.pause_reading("upgrade")
         self.on_message_complete()
 
-    def end_raw_body(self) -> None:
-        """An upgrading request's body ends where the tunnel begins: take no more raw body
-        bytes, and stop its client_body_timeout."""
+    def end_raw_body(self, body: RequestBody) -> bytes:
+        """An upgrading request's ``body`` ends where the tunnel begins: take no more raw body
+        bytes, stop its client_body_timeout, and return what is buffered and unread (the
+        tunnel's first bytes from the client)."""
         self._raw_left = 0
         if self._body_timing:
             self._cancel_timer()
         self._current_body = None
+        return body.take_buffered()
 
     def _reject(self, err: HTTPError) -> None:
         """A framing error: answer it in turn, then close; parse nothing more."""
@@ -966,10 +964,7 @@ class HttpProtocol(asyncio.Protocol):
                 self.close()
                 return
             except Exception:
-                # A bug, not the client's doing: this connection ends; the others go on.
-                log.exception("unexpected error on the connection from %s",
-                              self.conn.remote_addr if self.conn else "?")
-                self.close()
+                self._bug()
                 return
             finally:
                 self.active = False
@@ -993,13 +988,18 @@ class HttpProtocol(asyncio.Protocol):
                     # (a head already begun keeps its client_header_timeout deadline)
                     self._set_timer(limits.keepalive_timeout)
             except Exception:
-                log.exception("unexpected error on the connection from %s",
-                              self.conn.remote_addr if self.conn else "?")
-                self.active = False
-                self.close()
+                self._bug()
                 return
             if self._closing:
                 return
+
+    def _bug(self) -> None:
+        """An error escaped the request's handling: a bug, not the client's doing. This
+        connection ends (logged with the traceback); the others go on."""
+        log.exception("unexpected error on the connection from %s",
+                      self.conn.remote_addr if self.conn else "?")
+        self.active = False
+        self.close()
 
     def _answer_error(self, err: HTTPError) -> None:
         """Answer a request that could not be parsed, then close (NGINX closes after 400)."""

@@ -714,15 +714,12 @@ class ProxyHandler:
                 ex.abandoned = True
                 conn.abort()
                 pool.release(conn, False)
-                if head_cb.retried or not ex.head_seen:
-                    ctx.upstream_status = _append(ctx.upstream_status,
-                                                  str(head_cb.retried) if head_cb.retried else "-")
-                    if ctx.extra is None:
-                        ctx.extra = {}
-                    # (the statistics count it as a request to the peer, not as its response)
-                    ctx.extra.setdefault("upstream_failed", set()).add(
-                        ctx.upstream_addr.count(", ") + 1 if ctx.upstream_addr else 0)
-                ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)
+                if not ex.head_seen:
+                    _list_unanswered(ctx, peer, "-")
+                else:
+                    if head_cb.retried:  # (listed by on_head otherwise)
+                        ctx.upstream_status = _append(ctx.upstream_status, str(head_cb.retried))
+                    ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)
                 ctx.upstream_response_time = _this_attempt(times, 0, time.monotonic() - attempt)
                 raise
             finally:
@@ -761,14 +758,8 @@ class ProxyHandler:
     def _failed(self, ctx: Any, peer: Peer, e: UpstreamError) -> None:
         log.error("%s, upstream: %s", e.reason, peer.address)
         self.group.balancer.failed(peer)
-        # Which attempts got no response (their $upstream_status is the gateway's own 502/504):
-        # the statistics count them as requests to the peer, not as its responses.
-        if ctx.extra is None:
-            ctx.extra = {}
-        ctx.extra.setdefault("upstream_failed", set()).add(ctx.upstream_addr.count(", ") + 1
-                                                          if ctx.upstream_addr else 0)
-        ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)
-        ctx.upstream_status = _append(ctx.upstream_status, str(e.status))
+        # (its $upstream_status is the gateway's own 502/504)
+        _list_unanswered(ctx, peer, str(e.status))
 
     async def _send_body(self, ctx: Any, conn: Any, ex: Exchange) -> bool:
         """Stream the client's body upstream; ``False`` when the upstream answered first.
@@ -910,6 +901,19 @@ def _attempt_over(ctx: Any, times: list[str] | None, rt: float, ct: float | None
         times = [_later(times[0], rt), _later(times[1], ct), _later(times[2], ht)]
     ctx.upstream_response_time, ctx.upstream_connect_time, ctx.upstream_header_time = times
     return times
+
+
+def _list_unanswered(ctx: Any, peer: Peer, status: str) -> None:
+    """List an attempt that got no response of its own in ``$upstream_addr`` and
+    ``$upstream_status`` (``status``: the gateway's 502/504, or ``-``), and mark it in
+    ``ctx.extra["upstream_failed"]`` (attempt indexes), so that the statistics count it as a
+    request to the peer, not as one of its responses."""
+    if ctx.extra is None:
+        ctx.extra = {}
+    ctx.extra.setdefault("upstream_failed", set()).add(ctx.upstream_addr.count(", ") + 1
+                                                      if ctx.upstream_addr else 0)
+    ctx.upstream_addr = _append(ctx.upstream_addr, peer.address)
+    ctx.upstream_status = _append(ctx.upstream_status, status)
 
 
 def _append(prev: str, value: str) -> str:
